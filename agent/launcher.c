@@ -1,0 +1,139 @@
+#include "lwsinit/launcher.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+int lwsi_launcher_exec_code(int err)
+{
+  /* As a shell does: a command that is not there is 127, one that is there
+   * but cannot run is 126 (POSIX, "Command Search and Execution"). */
+  return (err == ENOENT || err == ENOTDIR) ? 127 : 126;
+}
+
+static ssize_t read_full(int fd, void *buf, size_t len)
+{
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = read(fd, (char *)buf + got, len - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -errno;
+    if (n == 0)
+      break;
+    got += (size_t)n;
+  }
+  return (ssize_t)got;
+}
+
+/* Runs in the child between fork and exec; only async-signal-safe calls. */
+static __attribute__((noreturn)) void child_exec(char *const *argv, char *const *envp,
+                                                 const sigset_t *mask, int errfd)
+{
+  setpgid(0, 0);
+  /* With a terminal on stdin the child's group becomes the foreground one,
+   * so that it can read the terminal (tini does the same). SIGTTOU is still
+   * blocked here, so tcsetpgrp(3) cannot stop us. */
+  if (isatty(STDIN_FILENO))
+    tcsetpgrp(STDIN_FILENO, getpgrp());
+  sigprocmask(SIG_SETMASK, mask, NULL);
+  execvpe(argv[0], argv, envp);
+  int e = errno;
+  ssize_t n;
+  do
+    n = write(errfd, &e, sizeof(e));
+  while (n < 0 && errno == EINTR);
+  _exit(lwsi_launcher_exec_code(e));
+}
+
+int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *child_mask,
+                        pid_t *pid)
+{
+  *pid = 0;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0)
+    return -errno;
+  pid_t child = fork();
+  if (child < 0) {
+    int e = errno;
+    close(p[0]);
+    close(p[1]);
+    return -e;
+  }
+  if (child == 0) {
+    close(p[0]);
+    child_exec(argv, envp, child_mask, p[1]);
+  }
+  close(p[1]);
+  /* Set the group from both sides so that neither order of events leaves a
+   * window where a signal to -pid misses the child (setpgid(2)). EACCES
+   * means the child has already exec'd, after its own setpgid. */
+  if (setpgid(child, child) < 0 && errno != EACCES && errno != ESRCH) {
+    /* Nothing to do: the child's own call decides. */
+  }
+  *pid = child;
+  /* The pipe closes on a successful exec (O_CLOEXEC) or carries errno. This
+   * read waits only for the exec itself, never for the program. */
+  int e = 0;
+  ssize_t n = read_full(p[0], &e, sizeof(e));
+  close(p[0]);
+  if (n == (ssize_t)sizeof(e))
+    return -e;
+  return 0;
+}
+
+static bool is_ours(const char *kv)
+{
+  static const char *const names[] = {"LWSINIT_LEADER_IP=", "LWSINIT_RANK=", "LWSINIT_SIZE="};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (strncmp(kv, names[i], strlen(names[i])) == 0)
+      return true;
+  return false;
+}
+
+void lwsi_launcher_env_free(char **env)
+{
+  if (env == NULL)
+    return;
+  /* Only the last three strings are ours; the rest belong to the caller. */
+  size_t n = 0;
+  while (env[n] != NULL)
+    n++;
+  for (size_t i = n >= 3 ? n - 3 : 0; i < n; i++)
+    free(env[i]);
+  free(env);
+}
+
+int lwsi_launcher_env(char *const *envp, const char *leader_ip, unsigned rank, unsigned size,
+                      char ***out)
+{
+  size_t n = 0;
+  while (envp != NULL && envp[n] != NULL)
+    n++;
+  char **env = calloc(n + 4, sizeof(*env));
+  if (env == NULL)
+    return -ENOMEM;
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!is_ours(envp[i]))
+      env[o++] = envp[i];
+  if (asprintf(&env[o], "LWSINIT_LEADER_IP=%s", leader_ip) < 0)
+    env[o] = NULL;
+  if (env[o] == NULL || asprintf(&env[o + 1], "LWSINIT_RANK=%u", rank) < 0)
+    env[o + 1] = NULL;
+  if (env[o + 1] == NULL || asprintf(&env[o + 2], "LWSINIT_SIZE=%u", size) < 0) {
+    free(env[o]);
+    free(env[o + 1]);
+    free(env);
+    return -ENOMEM;
+  }
+  env[o + 3] = NULL;
+  *out = env;
+  return 0;
+}

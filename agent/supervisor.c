@@ -1,0 +1,252 @@
+#include "lwsinit/supervisor.h"
+
+#include "lwsinit/launcher.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* What the agent does with each signal it reads. Anything not listed is
+ * forwarded to the child's process group, once. */
+enum sig_action { ACT_FORWARD, ACT_REAP, ACT_STOP, ACT_DROP };
+
+static const struct {
+  int sig;
+  enum sig_action act;
+} sig_table[] = {
+  {SIGCHLD, ACT_REAP},
+  {SIGTERM, ACT_STOP},
+  {SIGINT, ACT_STOP},
+  /* Terminal job control is the terminal's business, not the child's: the
+   * contract excludes it, as tini does. */
+  {SIGTSTP, ACT_DROP},
+  {SIGTTIN, ACT_DROP},
+  {SIGTTOU, ACT_DROP},
+};
+
+/* Signals that report a fault of this very process stay unblocked, so that
+ * a crash of the agent is a crash and not a hang. */
+static const int sync_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+
+static enum sig_action action_for(int sig)
+{
+  for (size_t i = 0; i < sizeof(sig_table) / sizeof(sig_table[0]); i++)
+    if (sig_table[i].sig == sig)
+      return sig_table[i].act;
+  return ACT_FORWARD;
+}
+
+static void handled_set(sigset_t *set)
+{
+  sigfillset(set);
+  for (size_t i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
+    sigdelset(set, sync_signals[i]);
+  sigdelset(set, SIGKILL);
+  sigdelset(set, SIGSTOP);
+}
+
+int lwsi_supervisor_block_signals(sigset_t *orig)
+{
+  sigset_t set;
+  handled_set(&set);
+  if (sigprocmask(SIG_BLOCK, &set, orig) < 0)
+    return -errno;
+  return 0;
+}
+
+int lwsi_supervisor_exit_code(int status)
+{
+  if (WIFEXITED(status))
+    return WEXITSTATUS(status);
+  if (WIFSIGNALED(status))
+    return 128 + WTERMSIG(status);
+  return 255;
+}
+
+static void send_group(struct lwsi_supervisor *sup, int sig)
+{
+  /* ESRCH: the group is already gone, which is what we wanted. */
+  if (sup->child > 0 && kill(-sup->child, sig) < 0 && errno != ESRCH)
+    return;
+}
+
+static void on_child_exit(struct lwsi_supervisor *sup, int status)
+{
+  sup->child_running = false;
+  sup->child_status = status;
+  uv_timer_stop(&sup->drain_timer);
+  uv_timer_stop(&sup->grace_timer);
+  /* Whatever the engine left in its process group goes with it, so that a
+   * stray helper cannot hold the pod up after the engine is gone. */
+  send_group(sup, SIGKILL);
+  sup->cb(sup, LWSI_SUP_CHILD_EXITED, status);
+}
+
+/* Reaps every exited child: the engine, and any orphan re-parented to us.
+ * No allocation here (the reap path must not fail). */
+static void reap(struct lwsi_supervisor *sup)
+{
+  for (;;) {
+    int status;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid < 0 && errno == EINTR)
+      continue;
+    if (pid <= 0)
+      return; /* 0: none left that has exited; ECHILD: none at all. */
+    if (pid == sup->child && sup->child_running)
+      on_child_exit(sup, status);
+    else
+      sup->reaped_others++;
+  }
+}
+
+static void forward(struct lwsi_supervisor *sup, int sig)
+{
+  if (!sup->child_running) {
+    sup->cb(sup, LWSI_SUP_DROPPED, sig);
+    return;
+  }
+  send_group(sup, sig);
+  sup->cb(sup, LWSI_SUP_FORWARDED, sig);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+  struct lwsi_supervisor *sup = t->data;
+  if (!sup->child_running)
+    return;
+  send_group(sup, SIGKILL);
+  sup->cb(sup, LWSI_SUP_KILLED, SIGKILL);
+}
+
+static void forward_stop(struct lwsi_supervisor *sup)
+{
+  sup->draining = false;
+  forward(sup, sup->stop_sig);
+  if (sup->child_running && !uv_is_active((uv_handle_t *)&sup->grace_timer))
+    uv_timer_start(&sup->grace_timer, on_grace, sup->grace_ms, 0);
+}
+
+static void on_drain(uv_timer_t *t)
+{
+  forward_stop(t->data);
+}
+
+void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig)
+{
+  if (!sup->stopping) {
+    sup->stopping = true;
+    sup->stop_sig = sig;
+    if (sup->drain_ms > 0 && sup->child_running) {
+      sup->draining = true;
+      uv_timer_start(&sup->drain_timer, on_drain, sup->drain_ms, 0);
+      return;
+    }
+    forward_stop(sup);
+    return;
+  }
+  /* A second stop signal while draining cuts the drain short; later ones
+   * are forwarded like any other signal. */
+  sup->stop_sig = sig;
+  if (sup->draining) {
+    uv_timer_stop(&sup->drain_timer);
+    forward_stop(sup);
+    return;
+  }
+  forward(sup, sig);
+}
+
+static void on_signal_fd(uv_poll_t *h, int status, int events)
+{
+  struct lwsi_supervisor *sup = h->data;
+  struct signalfd_siginfo si[16];
+  for (;;) {
+    ssize_t n = read(sup->sfd, si, sizeof(si));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return; /* EAGAIN: drained. */
+    for (size_t i = 0; i < (size_t)n / sizeof(si[0]); i++) {
+      int sig = (int)si[i].ssi_signo;
+      /* A SIGPIPE (or any signal) this process raised on itself, e.g. by
+       * writing to a closed socket, is not the operator's and is not the
+       * child's business. */
+      if ((pid_t)si[i].ssi_pid == sup->self && si[i].ssi_code == SI_USER && sig != SIGCHLD)
+        continue;
+      switch (action_for(sig)) {
+      case ACT_REAP:
+        reap(sup);
+        break;
+      case ACT_STOP:
+        sup->cb(sup, LWSI_SUP_STOP_SIGNAL, sig);
+        break;
+      case ACT_DROP:
+        break;
+      case ACT_FORWARD:
+        forward(sup, sig);
+        break;
+      }
+    }
+  }
+}
+
+int lwsi_supervisor_init(struct lwsi_supervisor *sup, uv_loop_t *loop, const sigset_t *orig,
+                         uint64_t drain_ms, uint64_t grace_ms, lwsi_sup_cb cb)
+{
+  memset(sup, 0, sizeof(*sup));
+  sup->loop = loop;
+  sup->child_mask = *orig;
+  sup->drain_ms = drain_ms;
+  sup->grace_ms = grace_ms;
+  sup->cb = cb;
+  sup->self = getpid();
+  sup->sfd = -1;
+
+  if (sup->self != 1 && prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+    return -errno;
+
+  sigset_t set;
+  handled_set(&set);
+  sup->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (sup->sfd < 0)
+    return -errno;
+  int rc = uv_poll_init(loop, &sup->sig_poll, sup->sfd);
+  if (rc < 0) {
+    close(sup->sfd);
+    sup->sfd = -1;
+    return rc;
+  }
+  sup->sig_poll.data = sup;
+  uv_timer_init(loop, &sup->drain_timer);
+  uv_timer_init(loop, &sup->grace_timer);
+  sup->drain_timer.data = sup;
+  sup->grace_timer.data = sup;
+  return uv_poll_start(&sup->sig_poll, UV_READABLE, on_signal_fd);
+}
+
+int lwsi_supervisor_spawn(struct lwsi_supervisor *sup, char *const *argv, char *const *envp)
+{
+  pid_t pid;
+  int rc = lwsi_launcher_spawn(argv, envp, &sup->child_mask, &pid);
+  if (pid > 0) {
+    sup->child = pid;
+    /* A child whose exec failed still exits and is reaped like any other,
+     * but it is not "running": its status is not the agent's to report. */
+    sup->child_running = rc == 0;
+  }
+  return rc;
+}
+
+void lwsi_supervisor_close(struct lwsi_supervisor *sup)
+{
+  if (sup->sfd < 0)
+    return;
+  uv_close((uv_handle_t *)&sup->sig_poll, NULL);
+  uv_close((uv_handle_t *)&sup->drain_timer, NULL);
+  uv_close((uv_handle_t *)&sup->grace_timer, NULL);
+  close(sup->sfd);
+  sup->sfd = -1;
+}

@@ -1,0 +1,50 @@
+#include "lwsinit/termlog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+int lwsi_termlog_write(const char *path, const char *msg, bool keep_existing)
+{
+  if (path == NULL || path[0] == '\0')
+    return 0;
+  int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY;
+  int fd;
+  do
+    fd = open(path, flags, 0644);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0)
+    return -errno;
+  struct stat st;
+  if (keep_existing && fstat(fd, &st) == 0 && st.st_size > 0) {
+    close(fd);
+    return 0;
+  }
+  int rc = 0;
+  if (ftruncate(fd, 0) < 0 && errno != EINVAL)
+    rc = -errno;
+  if (rc == 0)
+    rc = write_all(fd, msg, strlen(msg));
+  if (rc == 0)
+    rc = write_all(fd, "\n", 1);
+  if (close(fd) < 0 && rc == 0 && errno != EINTR)
+    rc = -errno;
+  return rc;
+}

@@ -1,0 +1,54 @@
+/* The agent: the top layer that owns the loop, the phases and the exit
+ * code, and the only layer besides main that logs. */
+#ifndef LWSINIT_AGENT_H
+#define LWSINIT_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "lwsinit/config.h"
+#include "lwsinit/supervisor.h"
+
+/* Phases, in order (contract, "Status"). */
+enum lwsi_phase {
+  LWSI_PHASE_RESOLVING,
+  LWSI_PHASE_JOINING,
+  LWSI_PHASE_CHECKING,
+  LWSI_PHASE_RUNNING,
+  LWSI_PHASE_STOPPING,
+  LWSI_PHASE_FAILED,
+  LWSI_PHASE_COUNT
+};
+
+/* Exit codes of the contract ("Exit status"). */
+enum {
+  LWSI_EXIT_USAGE = 2,
+  LWSI_EXIT_DNS = 3,
+  LWSI_EXIT_RDZV = 4,
+  LWSI_EXIT_GPU = 5,
+  LWSI_EXIT_PEER = 6,
+};
+
+struct lwsi_agent {
+  const struct lwsi_config *cfg;
+  char **envp;
+  uv_loop_t loop;
+  struct lwsi_supervisor sup;
+  enum lwsi_phase phase;
+  uint64_t started_ms;                  /* monotonic */
+  uint64_t phase_since_ms;              /* monotonic start of the current phase */
+  uint64_t phase_ms[LWSI_PHASE_COUNT];  /* time spent in each finished phase */
+  char leader_ip[64];
+  int exit_code;
+  bool done; /* the exit code is decided */
+  char last_error[512];
+};
+
+const char *lwsi_agent_phase_name(enum lwsi_phase p);
+
+/* Runs the agent until it must exit; returns the process exit code. */
+int lwsi_agent_run(struct lwsi_agent *agent, const struct lwsi_config *cfg, char **envp,
+                   const sigset_t *orig_mask);
+
+#endif

@@ -1,0 +1,27 @@
+/* Starting the child: fork and exec directly (no shell) in a process group
+ * of its own, with the caller's signal mask restored. */
+#ifndef LWSINIT_LAUNCHER_H
+#define LWSINIT_LAUNCHER_H
+
+#include <signal.h>
+#include <sys/types.h>
+
+/* Starts argv[0] (searched in PATH) with envp. On success stores the pid
+ * (also the process group id) and returns 0. When exec fails, the child
+ * has already exited (127 or 126; the caller reaps it), *pid is set, and
+ * the exec errno is returned negated. Other failures return a negative
+ * errno with *pid == 0. */
+int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *child_mask,
+                        pid_t *pid);
+
+/* The exit code the contract gives a failed exec: 127 not found, else 126. */
+int lwsi_launcher_exec_code(int err);
+
+/* The environment for the child: envp without any earlier LWSINIT_LEADER_IP,
+ * LWSINIT_RANK, LWSINIT_SIZE, plus those three. Free with
+ * lwsi_launcher_env_free. Returns 0 or -ENOMEM. */
+int lwsi_launcher_env(char *const *envp, const char *leader_ip, unsigned rank, unsigned size,
+                      char ***out);
+void lwsi_launcher_env_free(char **env);
+
+#endif

@@ -1,0 +1,19 @@
+/* The one logger: text or JSON lines to stderr, each with the rank. Only the
+ * top layer (main, and the agent's event handlers) logs; modules return
+ * negative errno values. */
+#ifndef LWSINIT_LOG_H
+#define LWSINIT_LOG_H
+
+#include "lwsinit/config.h"
+
+void lwsi_log_setup(enum lwsi_log_format format, enum lwsi_log_level level, int rank);
+void lwsi_log_set_rank(int rank);
+void lwsi_log(enum lwsi_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define lwsi_log_debug(...) lwsi_log(LWSI_LOG_DEBUG, __VA_ARGS__)
+#define lwsi_log_info(...) lwsi_log(LWSI_LOG_INFO, __VA_ARGS__)
+#define lwsi_log_warn(...) lwsi_log(LWSI_LOG_WARN, __VA_ARGS__)
+#define lwsi_log_error(...) lwsi_log(LWSI_LOG_ERROR, __VA_ARGS__)
+
+#endif
