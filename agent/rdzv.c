@@ -1,0 +1,2 @@
+/* Stub: filled in by the rdzv module work. */
+#include <stddef.h>

@@ -1,0 +1,2 @@
+/* Stub: filled in by the resolver module work. */
+#include <stddef.h>

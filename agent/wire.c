@@ -1,0 +1,2 @@
+/* Stub: filled in by the wire module work. */
+#include <stddef.h>
