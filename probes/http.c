@@ -1,0 +1,2 @@
+/* Stub: filled in by the probes work. */
+#include <stddef.h>
