@@ -1,8 +1,12 @@
 #include "lwsinit/agent.h"
 
+#include "lwsinit/cmdline.h"
 #include "lwsinit/expand.h"
+
+#include <cjson/cJSON.h>
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
+#include "lwsinit/status.h"
 #include "lwsinit/termlog.h"
 
 #include <errno.h>
@@ -98,21 +102,12 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
 static int launch(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
-  char size[16], rank[16], dport[8] = "";
-  uint16_t dp;
-  bool has_dp = lwsi_config_dist_port(cfg, &dp);
-  snprintf(size, sizeof(size), "%u", cfg->size);
-  snprintf(rank, sizeof(rank), "%u", cfg->rank);
-  if (has_dp)
-    snprintf(dport, sizeof(dport), "%u", dp);
-  const struct lwsi_expand_var vars[] = {
-    {"leader", cfg->leader}, {"leader_ip", a->leader_ip}, {"size", size},
-    {"rank", rank}, {"dist_port", has_dp ? dport : NULL},
+  const struct lwsi_cmdline_values vals = {
+    .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
   };
   char **argv = NULL, **env = NULL;
   char bad[64];
-  int rc = lwsi_expand_argv(cfg->argv, vars, sizeof(vars) / sizeof(vars[0]), &argv, bad,
-                            sizeof(bad));
+  int rc = lwsi_cmdline_build(cfg, &vals, &argv, bad, sizeof(bad));
   if (rc == 0)
     rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
   if (rc < 0) {
@@ -140,10 +135,57 @@ static int launch(struct lwsi_agent *a)
   return rc;
 }
 
+bool lwsi_agent_ready(struct lwsi_agent *a)
+{
+  return a->phase == LWSI_PHASE_RUNNING && a->sup.child_running;
+}
+
+void lwsi_agent_status_upstream(struct lwsi_agent *a, cJSON *doc)
+{
+  cJSON *up = cJSON_AddObjectToObject(doc, "upstream");
+  if (up != NULL)
+    cJSON_AddBoolToObject(up, "enabled", 0);
+}
+
+void lwsi_agent_status_members(struct lwsi_agent *a, cJSON *doc)
+{
+  (void)a;
+  (void)doc;
+}
+
 static void on_close_walk(uv_handle_t *h, void *arg)
 {
   if (!uv_is_closing(h))
     uv_close(h, NULL);
+}
+
+/* Starts what every agent has (signals, status socket), then the first
+ * phase. Whatever fails here ends the run through finish(). */
+static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  int rc = lwsi_supervisor_init(&a->sup, &a->loop, orig_mask, cfg->drain_delay_ms,
+                                cfg->grace_ms, on_supervisor);
+  a->sup.data = a;
+  if (rc < 0) {
+    char why[256];
+    snprintf(why, sizeof(why), "cannot set up signal handling: %s", strerror(-rc));
+    finish(a, 1, why);
+    return;
+  }
+  rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, lwsi_status_render,
+                              a);
+  if (rc < 0) {
+    /* People lose a view, the group loses nothing: keep going. */
+    lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, uv_strerror(rc));
+  }
+  if (!cfg->standalone) {
+    finish(a, LWSI_EXIT_USAGE, "group mode is not available in this build yet");
+    return;
+  }
+  snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
+  set_phase(a, LWSI_PHASE_RUNNING);
+  launch(a);
 }
 
 int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **envp,
@@ -160,26 +202,14 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   }
   a->started_ms = uv_now(&a->loop);
   a->phase_since_ms = a->started_ms;
-  rc = lwsi_supervisor_init(&a->sup, &a->loop, orig_mask, cfg->drain_delay_ms, cfg->grace_ms,
-                            on_supervisor);
-  a->sup.data = a;
-  if (rc < 0) {
-    char why[256];
-    snprintf(why, sizeof(why), "cannot set up signal handling: %s", strerror(-rc));
-    finish(a, 1, why);
-  } else if (!cfg->standalone) {
-    finish(a, LWSI_EXIT_USAGE, "group mode is not available in this build yet");
-  } else {
-    snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
-    set_phase(a, LWSI_PHASE_RUNNING);
-    launch(a);
-  }
+  start(a, orig_mask);
   if (!a->done)
     uv_run(&a->loop, UV_RUN_DEFAULT);
 
   /* Close every handle and let the loop finish closing them, so that the
    * loop closes cleanly and valgrind sees nothing left behind. */
   lwsi_supervisor_close(&a->sup);
+  lwsi_status_sock_close(&a->status_sock);
   uv_walk(&a->loop, on_close_walk, NULL);
   uv_run(&a->loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&a->loop) < 0)

@@ -2,8 +2,12 @@
 #include "lwsinit/agent.h"
 #include "lwsinit/config.h"
 #include "lwsinit/log.h"
+#include "lwsinit/status.h"
+#include "lwsinit/status_sock.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -11,6 +15,29 @@
 #include "lwsinit_build.h"
 
 extern char **environ;
+
+/* `lwsinit status`: the status socket's document, as JSON or for a person. */
+static int status_command(const struct lwsi_config *cfg)
+{
+  char *doc = NULL;
+  int rc = lwsi_status_sock_fetch(cfg->status_socket, 3000, &doc);
+  if (rc < 0) {
+    dprintf(STDERR_FILENO, "lwsinit: cannot read status from %s: %s (is lwsinit running, and "
+            "is this its --status-socket?)\n", cfg->status_socket, strerror(-rc));
+    return 1;
+  }
+  if (cfg->status_json)
+    fputs(doc, stdout);
+  else if (lwsi_status_print(stdout, doc) < 0)
+    rc = -EINVAL;
+  free(doc);
+  if (rc < 0) {
+    dprintf(STDERR_FILENO, "lwsinit: %s did not answer with a status document\n",
+            cfg->status_socket);
+    return 1;
+  }
+  return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -36,8 +63,9 @@ int main(int argc, char **argv)
     dprintf(STDOUT_FILENO, "lwsinit %s\n", LWSI_VERSION);
     return 0;
   case LWSI_MODE_STATUS:
+    return status_command(&cfg);
   case LWSI_MODE_PROBE:
-    dprintf(STDERR_FILENO, "lwsinit: '%s' is not available in this build yet\n", argv[1]);
+    dprintf(STDERR_FILENO, "lwsinit: 'probe' is not available in this build yet\n");
     return LWSI_EXIT_USAGE;
   case LWSI_MODE_RUN:
     break;

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "lwsinit/config.h"
+#include "lwsinit/status_sock.h"
 #include "lwsinit/supervisor.h"
 
 /* Phases, in order (contract, "Status"). */
@@ -35,6 +36,7 @@ struct lwsi_agent {
   char **envp;
   uv_loop_t loop;
   struct lwsi_supervisor sup;
+  struct lwsi_status_sock status_sock;
   enum lwsi_phase phase;
   uint64_t started_ms;                  /* monotonic */
   uint64_t phase_since_ms;              /* monotonic start of the current phase */
@@ -46,6 +48,14 @@ struct lwsi_agent {
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p);
+
+/* Whether /readyz would answer 200 now. */
+bool lwsi_agent_ready(struct lwsi_agent *agent);
+
+/* Adds the "upstream" and (leader) "members" parts of the status document. */
+struct cJSON;
+void lwsi_agent_status_upstream(struct lwsi_agent *agent, struct cJSON *doc);
+void lwsi_agent_status_members(struct lwsi_agent *agent, struct cJSON *doc);
 
 /* Runs the agent until it must exit; returns the process exit code. */
 int lwsi_agent_run(struct lwsi_agent *agent, const struct lwsi_config *cfg, char **envp,

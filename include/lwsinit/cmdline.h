@@ -1,0 +1,33 @@
+/* The engine's command line: COMMAND with its placeholders replaced and the
+ * preset's multi-node flags appended (contract, "Launching"), and the
+ * digest that members compare before launch (issue 3). */
+#ifndef LWSINIT_CMDLINE_H
+#define LWSINIT_CMDLINE_H
+
+#include <stdint.h>
+
+#include "lwsinit/config.h"
+
+struct lwsi_cmdline_values {
+  const char *leader;    /* as given */
+  const char *leader_ip; /* resolved */
+  unsigned size;
+  unsigned rank;
+};
+
+/* Builds the argv to exec (malloc'd; free with lwsi_expand_free). Returns 0,
+ * or a negative errno with the offending placeholder name in bad. */
+int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_values *v,
+                       char ***out, char *bad, size_t badlen);
+
+/* vllm-dp: the data-parallel ranks on each node, from --dp-local or a
+ * --data-parallel-size-local already in COMMAND. 0 when neither is there. */
+unsigned lwsi_cmdline_dp_local(const struct lwsi_config *cfg);
+
+/* SHA-256 over what must be the same on every rank: the preset, the engine
+ * port, and COMMAND as written, with placeholders unexpanded and arguments
+ * that spell this pod's own rank (as `$(LWS_WORKER_INDEX)` expands to) left
+ * out. Returns 0 or a negative errno. */
+int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32]);
+
+#endif
