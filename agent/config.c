@@ -7,6 +7,7 @@
  * flag. Errors name the source as the user wrote it. */
 #include "lwsinit/config.h"
 
+#include "lwsinit/cmdline.h"
 #include "lwsinit/expand.h"
 
 #include <arpa/inet.h>
@@ -611,6 +612,9 @@ static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
     {"leader", ""}, {"leader_ip", ""}, {"size", ""}, {"rank", ""},
     {"dist_port", has_dport ? "" : NULL},
   };
+  if (cfg->preset == LWSI_PRESET_VLLM_DP && lwsi_cmdline_dp_local(cfg) == 0)
+    return fail(err, errlen, "--preset vllm-dp: the data-parallel ranks on each node are not "
+                "known: give --dp-local N or --data-parallel-size-local N in COMMAND");
   for (int i = 0; i < cfg->argc; i++) {
     char bad[64];
     int rc = lwsi_expand_check(cfg->argv[i], vars, sizeof(vars) / sizeof(vars[0]), bad,

@@ -71,6 +71,7 @@ static const struct bad_case bad_cases[] = {
   {{"echo", "{rnak}"}, {NULL}, {"{rnak}", "{{rnak}}"}},
   {{"echo", "{dist_port}"}, {NULL}, {"{dist_port}", "--dist-port"}},
   {{"--status-socket", "", "true"}, {NULL}, {"--status-socket", "empty"}},
+  {{"--preset", "vllm-dp", "vllm", "serve"}, {NULL}, {"vllm-dp", "--dp-local"}},
 };
 
 static int parse(const char *const *args, const char *const *env, struct lwsi_config *cfg,
