@@ -104,7 +104,7 @@ static const struct opt opts[O_COUNT] = {
   [O_UPSTREAM_INTERVAL] = {"upstream-interval", "MS", T_MS, F(upstream_interval_ms), 10,
                            3600000, NULL, "2000", NULL, "how often the upstream is polled"},
   [O_UPSTREAM_TIMEOUT] = {"upstream-timeout", "MS", T_MS, F(upstream_timeout_ms), 10, 3600000,
-                          NULL, "1000", NULL, "how long one poll may take"},
+                          NULL, "5000", NULL, "how long one poll may take"},
   [O_READINESS] = {"readiness", "serving|group|listening", T_ENUM, F(readiness), 0, 0,
                    readiness_choices, "serving", NULL, "what the leader's /readyz waits for"},
   [O_GRACE] = {"grace", "SEC", T_SEC, F(grace_ms), 0, DAY_MS, NULL, "30", NULL,
