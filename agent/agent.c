@@ -1,19 +1,22 @@
+/* The top layer: phases, exit codes, and the only place (with main) that
+ * logs. Modules report events; this file decides what they mean. */
 #include "lwsinit/agent.h"
 
 #include "lwsinit/cmdline.h"
 #include "lwsinit/expand.h"
-
-#include <cjson/cJSON.h>
+#include "lwsinit/health.h"
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
 #include "lwsinit/status.h"
 #include "lwsinit/termlog.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *const phase_names[LWSI_PHASE_COUNT] = {
@@ -32,13 +35,22 @@ static void set_phase(struct lwsi_agent *a, enum lwsi_phase p)
   a->phase = p;
 }
 
+static bool is_leader(const struct lwsi_agent *a)
+{
+  return !a->cfg->standalone && a->cfg->rank == 0;
+}
+
 /* Ends the run: every failure is one line on stderr and, where there is
  * one, in the termination log (contract, "Exit status"). */
 static void finish(struct lwsi_agent *a, int code, const char *why)
 {
+  if (a->done)
+    return;
   a->exit_code = code;
   a->done = true;
   if (why != NULL) {
+    if (a->phase != LWSI_PHASE_STOPPING)
+      set_phase(a, LWSI_PHASE_FAILED);
     snprintf(a->last_error, sizeof(a->last_error), "%s", why);
     lwsi_log_error("%s", why);
     const char *path = a->cfg->termination_log;
@@ -51,28 +63,155 @@ static void finish(struct lwsi_agent *a, int code, const char *why)
   uv_stop(&a->loop);
 }
 
+/* Tells the group this member is going, once; nothing is heard afterwards. */
+static void leave_group(struct lwsi_agent *a, const char *reason)
+{
+  if (a->rdzv_on && lwsi_rdzv_leave(&a->rdzv, reason) == 0)
+    lwsi_log_debug("told the group: %s", reason);
+}
+
+/* Stops the engine on the group's behalf and exits with code afterwards.
+ * Before launch there is nothing to stop: exit at once. */
+static void stop_for_group(struct lwsi_agent *a, int code, const char *why)
+{
+  if (a->sup.child_running) {
+    if (a->stop_exit_code == 0) {
+      a->stop_exit_code = code;
+      snprintf(a->last_error, sizeof(a->last_error), "%s", why);
+      lwsi_log_error("%s; stopping the engine (grace %llu ms)", why,
+                     (unsigned long long)a->cfg->grace_ms);
+      set_phase(a, LWSI_PHASE_STOPPING);
+      lwsi_upstream_close(&a->upstream);
+      lwsi_supervisor_stop(&a->sup, SIGTERM, false);
+    }
+    return;
+  }
+  finish(a, code, why);
+}
+
+/* ---- the engine ---------------------------------------------------- */
+
+static void on_upstream(struct lwsi_upstream *u)
+{
+  if (u->ok)
+    lwsi_log_info("the engine's health URL answers (HTTP %ld, %.0f ms)", u->http_status,
+                  u->last_latency_s * 1e3);
+  else if (u->polls == 1)
+    lwsi_log_info("the engine's health URL does not answer yet: %s", u->last_error);
+  else
+    lwsi_log_warn("the engine's health URL fails: %s", u->last_error);
+}
+
+/* Polls the engine's health URL, when there is one, after launch: libcurl
+ * is loaded only now (issue 2: ~10 ms and ~8 MiB that PID 1 need not pay
+ * before the engine starts). */
+static void start_upstream(struct lwsi_agent *a, char *const *argv)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  if (strcmp(cfg->upstream, "none") == 0)
+    return;
+  if (cfg->upstream[0] != '\0')
+    snprintf(a->upstream_url, sizeof(a->upstream_url), "%s", cfg->upstream);
+  else if (lwsi_upstream_preset_url(cfg->preset, cfg->rank == 0, argv, a->upstream_url,
+                                    sizeof(a->upstream_url)) < 0)
+    return;
+  a->upstream.data = a;
+  a->upstream_on = true;
+  int rc = lwsi_upstream_start(&a->upstream, &a->loop, a->upstream_url, cfg->upstream_interval_ms,
+                               cfg->upstream_timeout_ms, on_upstream, a->upstream_err,
+                               sizeof(a->upstream_err));
+  if (rc < 0)
+    lwsi_log_warn("cannot poll the engine's health URL %s: %s", a->upstream_url,
+                  a->upstream_err);
+  else
+    lwsi_log_info("polling %s every %llu ms", a->upstream_url,
+                  (unsigned long long)cfg->upstream_interval_ms);
+}
+
+static void launch(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  const struct lwsi_cmdline_values vals = {
+    .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
+  };
+  char **argv = NULL, **env = NULL;
+  char bad[64];
+  set_phase(a, LWSI_PHASE_RUNNING);
+  int rc = lwsi_cmdline_build(cfg, &vals, &argv, bad, sizeof(bad));
+  if (rc == 0)
+    rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
+  if (rc < 0) {
+    char why[256];
+    snprintf(why, sizeof(why), "cannot prepare the engine's command line: %s", strerror(-rc));
+    lwsi_expand_free(argv);
+    finish(a, 1, why);
+    return;
+  }
+  rc = lwsi_supervisor_spawn(&a->sup, argv, env);
+  if (rc == 0) {
+    lwsi_log_info("started the engine '%s' as pid %d (rank %u of %u)", argv[0],
+                  (int)a->sup.child, cfg->rank, cfg->size);
+    start_upstream(a, argv);
+  } else {
+    char why[1024];
+    int code = a->sup.child > 0 ? lwsi_launcher_exec_code(-rc) : 1;
+    snprintf(why, sizeof(why), "cannot run the engine '%s': %s (exit %d); check COMMAND and %s",
+             argv[0], strerror(-rc), code,
+             code == 127 ? "the PATH" : "the file's execute permission");
+    leave_group(a, "the engine could not be started");
+    finish(a, code, why);
+  }
+  lwsi_expand_free(argv);
+  lwsi_launcher_env_free(env);
+}
+
+static void on_child_exited(struct lwsi_agent *a, int status)
+{
+  int code = lwsi_supervisor_exit_code(status);
+  if (WIFSIGNALED(status))
+    lwsi_log_info("the engine (pid %d) was killed by SIG%s (%d)", (int)a->sup.child,
+                  sigabbrev_np(WTERMSIG(status)), code);
+  else
+    lwsi_log_info("the engine (pid %d) exited with status %d", (int)a->sup.child, code);
+  if (a->stop_exit_code != 0) {
+    finish(a, a->stop_exit_code, NULL);
+    return;
+  }
+  char why[96];
+  snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
+  leave_group(a, why);
+  if (a->phase != LWSI_PHASE_STOPPING)
+    set_phase(a, LWSI_PHASE_STOPPING);
+  finish(a, code, NULL);
+}
+
 static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, int arg)
 {
   struct lwsi_agent *a = sup->data;
   switch (ev) {
-  case LWSI_SUP_STOP_SIGNAL:
+  case LWSI_SUP_STOP_SIGNAL: {
+    char why[64];
+    snprintf(why, sizeof(why), "SIG%s", sigabbrev_np(arg));
     if (sup->child == 0) {
       /* Before launch there is nothing to drain: end as the signal would
        * have ended us (contract: a SIGTERM before launch exits 143). */
-      lwsi_log_info("received SIG%s before the engine started; exiting %d", sigabbrev_np(arg),
-                    128 + arg);
+      lwsi_log_info("received %s before the engine started; exiting %d", why, 128 + arg);
+      leave_group(a, why);
       set_phase(a, LWSI_PHASE_STOPPING);
       finish(a, 128 + arg, NULL);
       return;
     }
     if (!sup->stopping) {
-      lwsi_log_info("received SIG%s; stopping the engine (drain %llu ms, grace %llu ms)",
-                    sigabbrev_np(arg), (unsigned long long)sup->drain_ms,
-                    (unsigned long long)sup->grace_ms);
+      lwsi_log_info("received %s; stopping the engine (drain %llu ms, grace %llu ms)", why,
+                    (unsigned long long)sup->drain_ms, (unsigned long long)sup->grace_ms);
       set_phase(a, LWSI_PHASE_STOPPING);
+      /* The group learns at once, so that the other members stop their
+       * engines now instead of after --peer-timeout (issue 4). */
+      leave_group(a, why);
     }
-    lwsi_supervisor_stop(sup, arg);
+    lwsi_supervisor_stop(sup, arg, true);
     return;
+  }
   case LWSI_SUP_FORWARDED:
     lwsi_log_debug("forwarded SIG%s to process group %d", sigabbrev_np(arg), (int)sup->child);
     return;
@@ -84,91 +223,319 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
                   "to its process group",
                   (unsigned long long)sup->grace_ms);
     return;
-  case LWSI_SUP_CHILD_EXITED: {
-    int code = lwsi_supervisor_exit_code(arg);
-    if (WIFSIGNALED(arg))
-      lwsi_log_info("the engine (pid %d) was killed by SIG%s; exiting %d", (int)sup->child,
-                    sigabbrev_np(WTERMSIG(arg)), code);
-    else
-      lwsi_log_info("the engine (pid %d) exited with status %d", (int)sup->child, code);
-    if (!sup->stopping)
-      set_phase(a, LWSI_PHASE_STOPPING);
-    finish(a, code, NULL);
+  case LWSI_SUP_CHILD_EXITED:
+    on_child_exited(a, arg);
     return;
-  }
   }
 }
 
-static int launch(struct lwsi_agent *a)
+/* ---- the group ----------------------------------------------------- */
+
+/* After release: the checks before launch, then the engine. */
+static void on_released(struct lwsi_agent *a)
+{
+  a->released_at = (double)time(NULL);
+  if (is_leader(a)) {
+    /* The leader needs no DNS: it is where its workers reached it. An IP
+     * literal as the leader's address is used as given. */
+    unsigned char buf[16];
+    if (inet_pton(AF_INET, a->cfg->leader, buf) == 1 ||
+        inet_pton(AF_INET6, a->cfg->leader, buf) == 1)
+      snprintf(a->leader_ip, sizeof(a->leader_ip), "%s", a->cfg->leader);
+    else if (a->rdzv.leader_addr[0] != '\0')
+      snprintf(a->leader_ip, sizeof(a->leader_ip), "%s", a->rdzv.leader_addr);
+    else
+      snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
+  }
+  lwsi_log_info("the group of %u formed in %.3f s; launching with leader %s", a->cfg->size,
+                (double)(uv_now(&a->loop) - a->started_ms) / 1000.0, a->leader_ip);
+  set_phase(a, LWSI_PHASE_CHECKING);
+  launch(a);
+}
+
+static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  char why[400];
+  a->peer_losses++;
+  if (ev->rank == 0)
+    snprintf(why, sizeof(why), "the leader (rank 0) was lost: %s", ev->reason);
+  else if (ev->rank > 0)
+    snprintf(why, sizeof(why), "rank %lld was lost: %s", (long long)ev->rank, ev->reason);
+  else
+    snprintf(why, sizeof(why), "a member was lost: %s", ev->reason);
+  if (a->cfg->on_peer_loss == LWSI_PEER_LOSS_STAY) {
+    snprintf(a->group_broken, sizeof(a->group_broken), "%s", why);
+    lwsi_log_warn("%s; the group is unready (--on-peer-loss stay)", why);
+    return;
+  }
+  leave_group(a, "the group lost a member");
+  stop_for_group(a, LWSI_EXIT_PEER, why);
+}
+
+static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
+{
+  struct lwsi_agent *a = r->data;
+  char why[1024];
+  switch (ev->type) {
+  case LWSI_RDZV_EV_RETRYING:
+    /* Progress, not every try: the 1st, 2nd, 4th, 8th ... attempt. */
+    if ((r->attempts & (r->attempts - 1)) == 0)
+      lwsi_log_info("waiting for the leader's rendezvous at %s:%u (attempt %u: %s)", a->leader_ip,
+                    a->cfg->rdzv_port, r->attempts, ev->reason);
+    return;
+  case LWSI_RDZV_EV_JOINED:
+    if (r->leader)
+      lwsi_log_info("rank %lld joined from %s%s%s: %s", (long long)ev->rank, ev->addr,
+                    ev->pod[0] ? ", pod " : "", ev->pod, ev->reason);
+    else
+      lwsi_log_info("joined the leader at %s:%u as rank %u", a->leader_ip, a->cfg->rdzv_port,
+                    a->cfg->rank);
+    return;
+  case LWSI_RDZV_EV_WAITING:
+    lwsi_log_debug("the leader is %s", ev->reason);
+    return;
+  case LWSI_RDZV_EV_REFUSED:
+    if (r->leader) {
+      lwsi_log_warn("refused rank %lld from %s: %s", (long long)ev->rank, ev->addr, ev->reason);
+      return;
+    }
+    snprintf(why, sizeof(why), "the leader at %s:%u refused rank %u: %s", a->leader_ip,
+             a->cfg->rdzv_port, a->cfg->rank, ev->reason);
+    finish(a, LWSI_EXIT_RDZV, why);
+    return;
+  case LWSI_RDZV_EV_DROPPED:
+    lwsi_log_debug("dropped a rendezvous connection from %s: %s", ev->addr, ev->reason);
+    return;
+  case LWSI_RDZV_EV_DEPARTED:
+    if (r->leader)
+      lwsi_log_info("rank %lld left before the group formed: %s", (long long)ev->rank,
+                    ev->reason);
+    else
+      lwsi_log_info("lost the leader before the group formed (%s); reconnecting", ev->reason);
+    return;
+  case LWSI_RDZV_EV_RELEASED:
+    on_released(a);
+    return;
+  case LWSI_RDZV_EV_FAILED:
+    snprintf(why, sizeof(why), "the group did not form: %s", ev->reason);
+    finish(a, LWSI_EXIT_RDZV, why);
+    return;
+  case LWSI_RDZV_EV_TIMEOUT:
+    snprintf(why, sizeof(why), "the group did not form within %.3g s (--rdzv-timeout): %s",
+             (double)a->cfg->rdzv_timeout_ms / 1000.0, ev->reason);
+    finish(a, LWSI_EXIT_RDZV, why);
+    return;
+  case LWSI_RDZV_EV_LOST:
+    on_member_lost(a, ev);
+    return;
+  }
+}
+
+static void on_rdzv_local(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out)
+{
+  struct lwsi_agent *a = r->data;
+  const char *state = a->sup.child_running ? "running" : (a->sup.child > 0 ? "exited" : "none");
+  snprintf(out->child, sizeof(out->child), "%s", state);
+  out->upstream = a->upstream_on && a->upstream.ok;
+}
+
+static void start_rdzv(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
-  const struct lwsi_cmdline_values vals = {
-    .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
+  struct lwsi_rdzv_config rc = {
+    .size = cfg->size,
+    .rank = cfg->rank,
+    .revision = cfg->revision,
+    .token = cfg->token_len > 0 ? (const uint8_t *)cfg->token : NULL,
+    .token_len = cfg->token_len,
+    .gpus = cfg->gpus,
+    .pod = getenv("HOSTNAME"),
+    .host = cfg->rank == 0 ? "::" : a->leader_ip,
+    .port = cfg->rdzv_port,
+    .rdzv_timeout_ms = cfg->rdzv_timeout_ms,
+    .heartbeat_ms = cfg->heartbeat_ms,
+    .peer_timeout_ms = cfg->peer_timeout_ms,
   };
-  char **argv = NULL, **env = NULL;
-  char bad[64];
-  int rc = lwsi_cmdline_build(cfg, &vals, &argv, bad, sizeof(bad));
-  if (rc == 0)
-    rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
-  if (rc < 0) {
-    char why[256];
-    snprintf(why, sizeof(why), "cannot prepare the engine's command line: %s", strerror(-rc));
-    lwsi_expand_free(argv);
+  char why[400];
+  int err = lwsi_cmdline_digest(cfg, rc.cmd_digest);
+  if (err < 0) {
+    snprintf(why, sizeof(why), "cannot digest the launch command: %s", strerror(-err));
     finish(a, 1, why);
-    return rc;
+    return;
   }
-  rc = lwsi_supervisor_spawn(&a->sup, argv, env);
-  if (rc == 0) {
-    lwsi_log_info("started the engine '%s' as pid %d (rank %u of %u)", argv[0],
-                  (int)a->sup.child, cfg->rank, cfg->size);
-  } else {
-    char why[512];
-    int code = a->sup.child > 0 ? lwsi_launcher_exec_code(-rc) : 1;
-    snprintf(why, sizeof(why), "cannot run the engine '%s': %s (exit %d); check COMMAND and %s",
-             argv[0], strerror(-rc), code,
-             code == 127 ? "the PATH" : "the file's execute permission");
-    set_phase(a, LWSI_PHASE_FAILED);
-    finish(a, code, why);
+  set_phase(a, LWSI_PHASE_JOINING);
+  a->rdzv.data = a;
+  a->rdzv_on = true;
+  err = lwsi_rdzv_start(&a->rdzv, &a->loop, &rc, on_rdzv, on_rdzv_local);
+  if (err < 0) {
+    snprintf(why, sizeof(why), "cannot %s the rendezvous on port %u (--rdzv-port): %s",
+             cfg->rank == 0 ? "listen for" : "start", cfg->rdzv_port, uv_strerror(err));
+    finish(a, LWSI_EXIT_RDZV, why);
+    return;
   }
-  lwsi_expand_free(argv);
-  lwsi_launcher_env_free(env);
-  return rc;
+  if (cfg->rank == 0) {
+    lwsi_log_info("holding the rendezvous for a group of %u on port %u", cfg->size,
+                  lwsi_rdzv_port(&a->rdzv));
+    if (a->rdzv.open)
+      lwsi_log_info("no token: any agent that reaches port %u can join (see --token-file)",
+                    cfg->rdzv_port);
+  }
+}
+
+static void on_resolved(struct lwsi_resolver *res, int status)
+{
+  struct lwsi_agent *a = res->data;
+  char why[1024];
+  if (status < 0) {
+    snprintf(why, sizeof(why),
+             "the leader's name '%s' did not resolve within %.3g s (--dns-timeout) using %s: %s; "
+             "check LWS_LEADER_ADDRESS and the cluster DNS",
+             a->cfg->leader, (double)a->cfg->dns_timeout_ms / 1000.0, res->server_desc,
+             res->last_error[0] ? res->last_error : strerror(-status));
+    finish(a, LWSI_EXIT_DNS, why);
+    return;
+  }
+  snprintf(a->leader_ip, sizeof(a->leader_ip), "%s", res->ip);
+  lwsi_log_info("the leader '%s' is %s (after %u %s)", a->cfg->leader, a->leader_ip,
+                res->attempts, res->attempts == 1 ? "try" : "tries");
+  start_rdzv(a);
+}
+
+static void on_resolve_progress(struct lwsi_resolver *res)
+{
+  struct lwsi_agent *a = res->data;
+  lwsi_log_info("resolving the leader '%s' (try %u, using %s): %s", a->cfg->leader,
+                res->attempts, res->server_desc, res->last_error);
+}
+
+static void start_resolving(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  struct lwsi_resolver_opts opts = {
+    .dns_server = cfg->has_dns_server ? cfg->dns_server.host : NULL,
+    .dns_port = cfg->has_dns_server ? cfg->dns_server.port : 0,
+    .timeout_ms = cfg->dns_timeout_ms,
+  };
+  set_phase(a, LWSI_PHASE_RESOLVING);
+  a->resolver.data = a;
+  a->resolver_on = true;
+  int rc = lwsi_resolver_start(&a->resolver, &a->loop, cfg->leader, &opts, on_resolved,
+                               on_resolve_progress);
+  if (rc < 0) {
+    char why[400];
+    snprintf(why, sizeof(why), "cannot resolve the leader's name '%s': %s", cfg->leader,
+             strerror(-rc));
+    finish(a, LWSI_EXIT_DNS, why);
+  }
+}
+
+/* ---- probes and status --------------------------------------------- */
+
+static uint32_t members_alive(struct lwsi_agent *a)
+{
+  if (!a->rdzv_on)
+    return a->cfg->size;
+  uint32_t alive = 0;
+  for (uint32_t i = 0; i < a->cfg->size; i++) {
+    struct lwsi_rdzv_member m;
+    if (lwsi_rdzv_member(&a->rdzv, i, &m) == 0 && m.alive)
+      alive++;
+  }
+  return alive;
+}
+
+static void health_input(struct lwsi_agent *a, struct lwsi_health_input *in)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  memset(in, 0, sizeof(*in));
+  in->is_leader = is_leader(a);
+  in->standalone = cfg->standalone;
+  in->readiness = cfg->readiness;
+  in->phase = phase_names[a->phase];
+  in->launched = a->sup.child != 0;
+  in->child_running = a->sup.child_running;
+  in->stopping = a->sup.stopping || a->phase >= LWSI_PHASE_STOPPING;
+  in->size = cfg->size;
+  in->joined = cfg->standalone ? 1 : (a->rdzv_on ? lwsi_rdzv_joined(&a->rdzv) : 0);
+  in->alive = cfg->standalone ? 1 : members_alive(a);
+  in->lost_reason = a->group_broken[0] ? a->group_broken : NULL;
+  in->rdzv_listening = in->is_leader && a->rdzv_on &&
+                       (a->rdzv.state == LWSI_RDZV_JOINING || a->rdzv.state == LWSI_RDZV_RELEASED);
+  if (!cfg->standalone && cfg->rank > 0 && a->rdzv_on) {
+    struct lwsi_rdzv_member m;
+    in->leader_heard = a->rdzv.state == LWSI_RDZV_RELEASED && a->group_broken[0] == '\0' &&
+                       lwsi_rdzv_member(&a->rdzv, 0, &m) == 0 && m.alive;
+    in->leader_reason = a->group_broken[0] ? a->group_broken : "the leader is not heard from";
+  }
+  in->upstream_enabled = a->upstream_on;
+  in->upstream_ok = a->upstream_on && a->upstream.known && a->upstream.ok;
+  in->upstream_error = !a->upstream_on ? NULL
+                       : a->upstream_err[0] ? a->upstream_err
+                       : !a->upstream.known ? "no answer yet"
+                                            : a->upstream.last_error;
+}
+
+static void probe_checks(void *data, enum lwsi_health_kind kind, struct lwsi_health_list *out)
+{
+  struct lwsi_health_input in;
+  health_input(data, &in);
+  if (kind == LWSI_HEALTH_LIVE)
+    lwsi_health_live(&in, out);
+  else
+    lwsi_health_ready(&in, out);
 }
 
 bool lwsi_agent_ready(struct lwsi_agent *a)
 {
-  return a->phase == LWSI_PHASE_RUNNING && a->sup.child_running;
+  struct lwsi_health_input in;
+  struct lwsi_health_list l;
+  health_input(a, &in);
+  lwsi_health_ready(&in, &l);
+  return lwsi_health_passed(&l);
 }
 
-void lwsi_agent_status_upstream(struct lwsi_agent *a, cJSON *doc)
+static int probe_status(void *data, struct lwsi_http_buf *out)
 {
-  cJSON *up = cJSON_AddObjectToObject(doc, "upstream");
-  if (up != NULL)
-    cJSON_AddBoolToObject(up, "enabled", 0);
+  char *doc = lwsi_status_render(data);
+  if (doc == NULL)
+    return -ENOMEM;
+  lwsi_http_buf_puts(out, doc);
+  free(doc);
+  return out->err;
 }
 
-void lwsi_agent_status_members(struct lwsi_agent *a, cJSON *doc)
+static int probe_metrics(void *data, struct lwsi_http_buf *out)
 {
-  (void)a;
-  (void)doc;
+  struct lwsi_agent *a = data;
+  int rc = lwsi_status_metrics(a, out);
+  if (rc == 0)
+    rc = lwsi_http_metrics(&a->http, out);
+  return rc;
 }
 
-static void on_close_walk(uv_handle_t *h, void *arg)
+static int start_probes(struct lwsi_agent *a)
 {
-  if (!uv_is_closing(h))
-    uv_close(h, NULL);
+  a->probes = (struct lwsi_http_probes){
+    .checks = probe_checks, .status = probe_status, .metrics = probe_metrics, .data = a,
+  };
+  int rc = lwsi_http_init(&a->http, &a->loop, NULL, lwsi_http_route_probes, &a->probes);
+  if (rc == 0)
+    rc = lwsi_http_listen(&a->http, a->cfg->probe_addr.host, a->cfg->probe_addr.port);
+  return rc;
 }
 
-/* Starts what every agent has (signals, status socket), then the first
- * phase. Whatever fails here ends the run through finish(). */
+/* ---- start and stop ------------------------------------------------ */
+
+/* Starts what every agent has (signals, status socket, probes), then the
+ * first phase. Whatever fails here ends the run through finish(). */
 static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
 {
   const struct lwsi_config *cfg = a->cfg;
+  char why[400];
   int rc = lwsi_supervisor_init(&a->sup, &a->loop, orig_mask, cfg->drain_delay_ms,
                                 cfg->grace_ms, on_supervisor);
   a->sup.data = a;
   if (rc < 0) {
-    char why[256];
     snprintf(why, sizeof(why), "cannot set up signal handling: %s", strerror(-rc));
     finish(a, 1, why);
     return;
@@ -179,13 +546,27 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
     /* People lose a view, the group loses nothing: keep going. */
     lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, uv_strerror(rc));
   }
-  if (!cfg->standalone) {
-    finish(a, LWSI_EXIT_USAGE, "group mode is not available in this build yet");
+  rc = start_probes(a);
+  if (rc < 0) {
+    snprintf(why, sizeof(why), "cannot serve probes on %s:%u (--probe-addr): %s",
+             cfg->probe_addr.host, cfg->probe_addr.port, uv_strerror(rc));
+    finish(a, 1, why);
     return;
   }
-  snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
-  set_phase(a, LWSI_PHASE_RUNNING);
-  launch(a);
+  if (cfg->standalone) {
+    snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
+    launch(a);
+  } else if (cfg->rank == 0) {
+    start_rdzv(a);
+  } else {
+    start_resolving(a);
+  }
+}
+
+static void on_close_walk(uv_handle_t *h, void *arg)
+{
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
 }
 
 int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **envp,
@@ -208,8 +589,14 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
 
   /* Close every handle and let the loop finish closing them, so that the
    * loop closes cleanly and valgrind sees nothing left behind. */
-  lwsi_supervisor_close(&a->sup);
+  if (a->rdzv_on)
+    lwsi_rdzv_close(&a->rdzv);
+  if (a->resolver_on)
+    lwsi_resolver_close(&a->resolver);
+  lwsi_upstream_close(&a->upstream);
+  lwsi_http_close(&a->http);
   lwsi_status_sock_close(&a->status_sock);
+  lwsi_supervisor_close(&a->sup);
   uv_walk(&a->loop, on_close_walk, NULL);
   uv_run(&a->loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&a->loop) < 0)

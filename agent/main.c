@@ -2,6 +2,7 @@
 #include "lwsinit/agent.h"
 #include "lwsinit/config.h"
 #include "lwsinit/log.h"
+#include "lwsinit/probe_client.h"
 #include "lwsinit/status.h"
 #include "lwsinit/status_sock.h"
 
@@ -39,6 +40,23 @@ static int status_command(const struct lwsi_config *cfg)
   return 0;
 }
 
+/* `lwsinit probe live|ready`: for clusters that prefer exec probes. The
+ * kubelet records an exec probe's output, so the failing check's reason
+ * lands in the pod's events. */
+static int probe_command(const struct lwsi_config *cfg)
+{
+  struct lwsi_probe_result res;
+  int rc = lwsi_probe_client_get(cfg->probe_addr.host, cfg->probe_addr.port,
+                                 lwsi_probe_client_path(cfg->probe_ready),
+                                 LWSI_PROBE_CLIENT_TIMEOUT_MS, &res);
+  if (rc < 0)
+    dprintf(STDERR_FILENO, "lwsinit probe: %s port %u: %s\n", cfg->probe_addr.host,
+            cfg->probe_addr.port, strerror(-rc));
+  else if (res.status != 200)
+    dprintf(STDERR_FILENO, "lwsinit probe: HTTP %d: %s\n", res.status, res.body);
+  return lwsi_probe_client_exit_code(rc, &res);
+}
+
 int main(int argc, char **argv)
 {
   /* Block signals before anything else, so that a SIGTERM that arrives
@@ -65,8 +83,7 @@ int main(int argc, char **argv)
   case LWSI_MODE_STATUS:
     return status_command(&cfg);
   case LWSI_MODE_PROBE:
-    dprintf(STDERR_FILENO, "lwsinit: 'probe' is not available in this build yet\n");
-    return LWSI_EXIT_USAGE;
+    return probe_command(&cfg);
   case LWSI_MODE_RUN:
     break;
   }

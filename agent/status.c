@@ -1,14 +1,80 @@
 #include "lwsinit/status.h"
 
 #include "lwsinit/agent.h"
+#include "lwsinit/metrics.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lwsinit_build.h"
 
 static double ms_to_s(uint64_t ms) { return (double)ms / 1000.0; }
+
+static void add_upstream(struct lwsi_agent *a, cJSON *doc)
+{
+  if (!a->upstream_on) {
+    cJSON_AddNullToObject(doc, "upstream");
+    return;
+  }
+  const struct lwsi_upstream *u = &a->upstream;
+  cJSON *up = cJSON_AddObjectToObject(doc, "upstream");
+  if (up == NULL)
+    return;
+  cJSON_AddBoolToObject(up, "enabled", 1);
+  cJSON_AddStringToObject(up, "url", a->upstream_url);
+  if (u->known)
+    cJSON_AddBoolToObject(up, "ok", u->ok);
+  else
+    cJSON_AddNullToObject(up, "ok");
+  cJSON_AddStringToObject(up, "outcome", lwsi_upstream_outcome_name(u->outcome));
+  cJSON_AddNumberToObject(up, "http_status", (double)u->http_status);
+  cJSON_AddNumberToObject(up, "latency_s", u->last_latency_s);
+  cJSON_AddNumberToObject(up, "polls", (double)u->polls);
+  cJSON_AddNumberToObject(up, "failures", (double)u->failures);
+  const char *err = a->upstream_err[0] ? a->upstream_err : u->last_error;
+  if (err[0] != '\0')
+    cJSON_AddStringToObject(up, "error", err);
+  else
+    cJSON_AddNullToObject(up, "error");
+}
+
+static void add_members(struct lwsi_agent *a, cJSON *doc)
+{
+  if (!a->rdzv_on)
+    return;
+  cJSON *arr = cJSON_AddArrayToObject(doc, "members");
+  if (arr == NULL)
+    return;
+  for (uint32_t i = 0; i < a->cfg->size; i++) {
+    struct lwsi_rdzv_member m;
+    if (lwsi_rdzv_member(&a->rdzv, i, &m) < 0)
+      continue;
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
+      cJSON_Delete(o);
+      return;
+    }
+    cJSON_AddNumberToObject(o, "rank", m.rank);
+    cJSON_AddStringToObject(o, "address", m.addr);
+    cJSON_AddStringToObject(o, "pod", m.pod);
+    cJSON_AddBoolToObject(o, "joined", m.joined);
+    cJSON_AddBoolToObject(o, "alive", m.alive);
+    if (m.hb_age_ms >= 0)
+      cJSON_AddNumberToObject(o, "heartbeat_age_s", (double)m.hb_age_ms / 1000.0);
+    else
+      cJSON_AddNullToObject(o, "heartbeat_age_s");
+    if (m.rtt_us >= 0)
+      cJSON_AddNumberToObject(o, "rtt_s", (double)m.rtt_us / 1e6);
+    else
+      cJSON_AddNullToObject(o, "rtt_s");
+    if (m.has_state) {
+      cJSON_AddStringToObject(o, "child", m.child);
+      cJSON_AddBoolToObject(o, "upstream", m.upstream);
+    }
+  }
+}
 
 static const char *child_state(const struct lwsi_agent *a)
 {
@@ -49,7 +115,7 @@ cJSON *lwsi_status_doc(struct lwsi_agent *a)
       cJSON_AddNumberToObject(child, "exit_code", lwsi_supervisor_exit_code(a->sup.child_status));
     cJSON_AddNumberToObject(child, "orphans_reaped", (double)a->sup.reaped_others);
   }
-  lwsi_agent_status_upstream(a, doc);
+  add_upstream(a, doc);
   cJSON *t = cJSON_AddObjectToObject(doc, "timings");
   if (t != NULL) {
     for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
@@ -60,7 +126,20 @@ cJSON *lwsi_status_doc(struct lwsi_agent *a)
     }
     cJSON_AddNumberToObject(t, "total_s", ms_to_s(now - a->started_ms));
   }
-  lwsi_agent_status_members(a, doc);
+  if (a->rdzv_on) {
+    cJSON *g = cJSON_AddObjectToObject(doc, "group");
+    if (g != NULL) {
+      cJSON_AddStringToObject(g, "rendezvous", lwsi_rdzv_state_name(a->rdzv.state));
+      cJSON_AddStringToObject(g, "incarnation", a->rdzv.nonce_hex);
+      cJSON_AddNumberToObject(g, "joined", lwsi_rdzv_joined(&a->rdzv));
+      cJSON_AddStringToObject(g, "missing", lwsi_rdzv_missing(&a->rdzv));
+      cJSON_AddNumberToObject(g, "peer_losses", (double)a->peer_losses);
+      if (a->group_broken[0])
+        cJSON_AddStringToObject(g, "broken", a->group_broken);
+    }
+  }
+  if (a->cfg->rank == 0)
+    add_members(a, doc);
   if (a->last_error[0] != '\0')
     cJSON_AddStringToObject(doc, "last_error", a->last_error);
   else
@@ -165,4 +244,103 @@ int lwsi_status_print(FILE *out, const char *json)
     fprintf(out, "error    %s\n", err);
   cJSON_Delete(doc);
   return 0;
+}
+
+/* Metrics (issue 4): names follow the Prometheus conventions, with the
+ * lwsinit_ prefix, base units and _total for counters. */
+int lwsi_status_metrics(struct lwsi_agent *a, struct lwsi_http_buf *b)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  uint64_t now = uv_now(&a->loop);
+  char rank[16];
+  snprintf(rank, sizeof(rank), "%u", cfg->rank);
+  const char *role = cfg->standalone ? "standalone" : (cfg->rank == 0 ? "leader" : "worker");
+  const struct lwsi_metrics_label info[] = {
+    {"version", LWSI_VERSION}, {"role", role}, {"rank", rank}};
+  lwsi_metrics_family(b, "lwsinit_info", LWSI_METRICS_GAUGE, "The agent's version and role.");
+  lwsi_metrics_sample(b, "lwsinit_info", info, 3, 1);
+
+  lwsi_metrics_family(b, "lwsinit_phase", LWSI_METRICS_GAUGE,
+                      "1 for the agent's current phase, 0 for the others.");
+  for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
+    const struct lwsi_metrics_label l[] = {{"phase", lwsi_agent_phase_name((enum lwsi_phase)p)}};
+    lwsi_metrics_sample(b, "lwsinit_phase", l, 1, p == (int)a->phase ? 1 : 0);
+  }
+  lwsi_metrics_family(b, "lwsinit_phase_duration_seconds", LWSI_METRICS_GAUGE,
+                      "Time spent in each phase so far.");
+  for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
+    const struct lwsi_metrics_label l[] = {{"phase", lwsi_agent_phase_name((enum lwsi_phase)p)}};
+    uint64_t ms = a->phase_ms[p] + (p == (int)a->phase ? now - a->phase_since_ms : 0);
+    lwsi_metrics_sample(b, "lwsinit_phase_duration_seconds", l, 1, ms_to_s(ms));
+  }
+  lwsi_metrics_gauge(b, "lwsinit_ready", "1 when /readyz answers 200.", lwsi_agent_ready(a));
+  lwsi_metrics_gauge(b, "lwsinit_group_size", "Members of the group, leader included.",
+                     cfg->size);
+  uint32_t joined = 1, alive = 1;
+  if (a->rdzv_on) {
+    joined = lwsi_rdzv_joined(&a->rdzv);
+    alive = 0;
+    for (uint32_t i = 0; i < cfg->size; i++) {
+      struct lwsi_rdzv_member m;
+      if (lwsi_rdzv_member(&a->rdzv, i, &m) == 0 && m.alive)
+        alive++;
+    }
+  }
+  lwsi_metrics_gauge(b, "lwsinit_members_joined", "Members that have joined the rendezvous.",
+                     joined);
+  lwsi_metrics_gauge(b, "lwsinit_members_alive", "Members heard from within --peer-timeout.",
+                     alive);
+  lwsi_metrics_gauge(b, "lwsinit_release_timestamp_seconds",
+                     "When the group was released (Unix time), 0 before.", a->released_at);
+  lwsi_metrics_counter(b, "lwsinit_peer_losses_total", "Members lost after the release.",
+                       a->peer_losses);
+  lwsi_metrics_gauge(b, "lwsinit_child_running", "1 while the engine runs.",
+                     a->sup.child_running);
+  lwsi_metrics_counter(b, "lwsinit_orphans_reaped_total",
+                       "Processes other than the engine reaped by the agent.",
+                       a->sup.reaped_others);
+  if (a->upstream_on) {
+    const struct lwsi_upstream *u = &a->upstream;
+    if (u->known) {
+      lwsi_metrics_gauge(b, "lwsinit_upstream_up", "1 when the engine's health URL answers 2xx.",
+                         u->ok);
+      lwsi_metrics_gauge(b, "lwsinit_upstream_latency_seconds",
+                         "How long the last health poll took.", u->last_latency_s);
+    }
+    lwsi_metrics_family(b, "lwsinit_upstream_polls_total", LWSI_METRICS_COUNTER,
+                        "Health polls of the engine, by outcome.");
+    for (int o = LWSI_UPSTREAM_OK; o < LWSI_UPSTREAM_OUTCOME_COUNT; o++) {
+      const struct lwsi_metrics_label l[] = {
+        {"outcome", lwsi_upstream_outcome_name((enum lwsi_upstream_outcome)o)}};
+      lwsi_metrics_sample_u64(b, "lwsinit_upstream_polls_total", l, 1, u->by_outcome[o]);
+    }
+  }
+  if (a->rdzv_on) {
+    bool fam_rtt = false, fam_age = false;
+    for (int pass = 0; pass < 2; pass++) {
+      for (uint32_t i = 0; i < cfg->size; i++) {
+        struct lwsi_rdzv_member m;
+        if (lwsi_rdzv_member(&a->rdzv, i, &m) < 0)
+          continue;
+        char r[16];
+        snprintf(r, sizeof(r), "%u", m.rank);
+        const struct lwsi_metrics_label l[] = {{"rank", r}};
+        if (pass == 0 && m.rtt_us >= 0) {
+          if (!fam_rtt)
+            lwsi_metrics_family(b, "lwsinit_heartbeat_rtt_seconds", LWSI_METRICS_GAUGE,
+                                "Round trip of the last heartbeat, by member.");
+          fam_rtt = true;
+          lwsi_metrics_sample(b, "lwsinit_heartbeat_rtt_seconds", l, 1, (double)m.rtt_us / 1e6);
+        } else if (pass == 1 && m.hb_age_ms >= 0) {
+          if (!fam_age)
+            lwsi_metrics_family(b, "lwsinit_heartbeat_age_seconds", LWSI_METRICS_GAUGE,
+                                "Time since the member was last heard from.");
+          fam_age = true;
+          lwsi_metrics_sample(b, "lwsinit_heartbeat_age_seconds", l, 1,
+                              (double)m.hb_age_ms / 1000.0);
+        }
+      }
+    }
+  }
+  return b->err;
 }

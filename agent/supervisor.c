@@ -135,12 +135,12 @@ static void on_drain(uv_timer_t *t)
   forward_stop(t->data);
 }
 
-void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig)
+void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig, bool drain)
 {
   if (!sup->stopping) {
     sup->stopping = true;
     sup->stop_sig = sig;
-    if (sup->drain_ms > 0 && sup->child_running) {
+    if (drain && sup->drain_ms > 0 && sup->child_running) {
       sup->draining = true;
       uv_timer_start(&sup->drain_timer, on_drain, sup->drain_ms, 0);
       return;

@@ -8,8 +8,12 @@
 #include <uv.h>
 
 #include "lwsinit/config.h"
+#include "lwsinit/http.h"
+#include "lwsinit/rdzv.h"
+#include "lwsinit/resolver.h"
 #include "lwsinit/status_sock.h"
 #include "lwsinit/supervisor.h"
+#include "lwsinit/upstream.h"
 
 /* Phases, in order (contract, "Status"). */
 enum lwsi_phase {
@@ -37,25 +41,33 @@ struct lwsi_agent {
   uv_loop_t loop;
   struct lwsi_supervisor sup;
   struct lwsi_status_sock status_sock;
+  struct lwsi_http_server http;
+  struct lwsi_http_probes probes;
+  struct lwsi_resolver resolver;
+  struct lwsi_rdzv rdzv;
+  struct lwsi_upstream upstream;
+  bool resolver_on, rdzv_on, upstream_on;
+  char upstream_url[1024];
+  char upstream_err[256];
+
   enum lwsi_phase phase;
-  uint64_t started_ms;                  /* monotonic */
-  uint64_t phase_since_ms;              /* monotonic start of the current phase */
-  uint64_t phase_ms[LWSI_PHASE_COUNT];  /* time spent in each finished phase */
-  char leader_ip[64];
+  uint64_t started_ms;                 /* monotonic */
+  uint64_t phase_since_ms;             /* monotonic start of the current phase */
+  uint64_t phase_ms[LWSI_PHASE_COUNT]; /* time spent in each finished phase */
+  double released_at;                  /* wall clock of the release, 0 before */
+  char leader_ip[256];
+  uint64_t peer_losses;
+  char group_broken[512]; /* --on-peer-loss stay: why the group is unready */
+  int stop_exit_code;     /* when non-zero, the exit code once the child is gone */
   int exit_code;
   bool done; /* the exit code is decided */
-  char last_error[512];
+  char last_error[1024];
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p);
 
 /* Whether /readyz would answer 200 now. */
 bool lwsi_agent_ready(struct lwsi_agent *agent);
-
-/* Adds the "upstream" and (leader) "members" parts of the status document. */
-struct cJSON;
-void lwsi_agent_status_upstream(struct lwsi_agent *agent, struct cJSON *doc);
-void lwsi_agent_status_members(struct lwsi_agent *agent, struct cJSON *doc);
 
 /* Runs the agent until it must exit; returns the process exit code. */
 int lwsi_agent_run(struct lwsi_agent *agent, const struct lwsi_config *cfg, char **envp,

@@ -57,8 +57,9 @@ int lwsi_supervisor_init(struct lwsi_supervisor *sup, uv_loop_t *loop, const sig
 /* Starts the child; see lwsi_launcher_spawn for the return values. */
 int lwsi_supervisor_spawn(struct lwsi_supervisor *sup, char *const *argv, char *const *envp);
 
-/* Begins (or hurries) the stop: drain, forward sig, grace, SIGKILL. */
-void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig);
+/* Begins (or hurries) the stop: drain (when asked: a SIGTERM from
+ * Kubernetes drains, a lost member does not), forward sig, grace, SIGKILL. */
+void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig, bool drain);
 
 /* The exit code for a wait status: the code, or 128+N for signal N. */
 int lwsi_supervisor_exit_code(int status);

@@ -1,0 +1,238 @@
+/* The group rendezvous on the loop (docs/protocol.md): the leader's server
+ * and the worker's client, the barrier that releases everyone at once,
+ * then heartbeats, loss and bye for the life of the group.
+ *
+ * Never logs: everything worth a line is reported through the event
+ * callback, with the text for it. Callbacks never run inside
+ * lwsi_rdzv_start; the callback may call lwsi_rdzv_leave or
+ * lwsi_rdzv_close.
+ *
+ * The process must ignore (or block and not act on) SIGPIPE: a write to a
+ * peer that reset raises it, and it must surface as EPIPE here instead. */
+#ifndef LWSINIT_RDZV_H
+#define LWSINIT_RDZV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "lwsinit/wire.h"
+
+/* Defaults for the knobs the contract does not expose. */
+#define LWSI_RDZV_HANDSHAKE_MS 5000 /* a connection that has not joined by then is dropped */
+#define LWSI_RDZV_CONNECT_MS 1000   /* one connection attempt (a SYN to nowhere waits minutes) */
+#define LWSI_RDZV_RETRY_MIN_MS 25   /* worker's first retry delay; doubles ... */
+#define LWSI_RDZV_RETRY_MAX_MS 1000 /* ... up to this, with jitter */
+#define LWSI_RDZV_MAX_PENDING 64    /* connections accepted but not joined */
+
+struct lwsi_rdzv_config {
+  uint32_t size;        /* the group, leader included: 1 or more */
+  uint32_t rank;        /* 0: this agent is the leader and serves; else a worker */
+  const char *revision; /* NULL or "": none; must match the leader's */
+  const uint8_t *token; /* the shared secret (trailing whitespace already
+                         * stripped), or NULL/0: an open group */
+  size_t token_len;
+  uint8_t cmd_digest[LWSI_WIRE_DIGEST_LEN]; /* the launch command's digest */
+  uint32_t gpus;                            /* this node's GPU count (expected) */
+  const char *pod;                          /* this member's pod name, or NULL */
+
+  /* Leader: where to listen ("0.0.0.0" or "::" for all addresses; port 0
+   * picks a free one, see lwsi_rdzv_port). Worker: the leader's resolved IP
+   * and port, and optionally the local address to connect from. */
+  const char *host;
+  uint16_t port;
+  const char *source; /* worker only; NULL: any */
+
+  uint64_t rdzv_timeout_ms;      /* the whole group must form by then; 0: never */
+  uint64_t heartbeat_ms;         /* 0: 1000 */
+  uint64_t peer_timeout_ms;      /* 0: 10000 */
+  uint64_t handshake_timeout_ms; /* 0: LWSI_RDZV_HANDSHAKE_MS */
+  uint64_t connect_timeout_ms;   /* 0: LWSI_RDZV_CONNECT_MS */
+  uint64_t retry_min_ms;         /* 0: LWSI_RDZV_RETRY_MIN_MS */
+  uint64_t retry_max_ms;         /* 0: LWSI_RDZV_RETRY_MAX_MS */
+  uint32_t max_pending;          /* 0: LWSI_RDZV_MAX_PENDING */
+};
+
+enum lwsi_rdzv_state {
+  LWSI_RDZV_IDLE,     /* not started, or start failed */
+  LWSI_RDZV_JOINING,  /* before release */
+  LWSI_RDZV_RELEASED, /* the group formed; heartbeats run */
+  LWSI_RDZV_FAILED,   /* refused, failed or timed out before release: final */
+  LWSI_RDZV_LEFT,     /* lwsi_rdzv_leave was called: final, and quiet */
+  LWSI_RDZV_CLOSED,
+};
+
+enum lwsi_rdzv_ev {
+  /* Worker: a connection attempt failed or the connection dropped before
+   * the handshake; it retries. err: the uv error, if any. (debug) */
+  LWSI_RDZV_EV_RETRYING,
+  /* Leader: a worker joined (rank, addr, pod). Worker: joined the leader. */
+  LWSI_RDZV_EV_JOINED,
+  /* Worker: the leader's latest list of missing ranks (reason: "waiting
+   * for ranks 2, 3"). */
+  LWSI_RDZV_EV_WAITING,
+  /* Leader: refused a joining worker (rank as claimed, addr, reason); the
+   * group goes on. Worker: this member was refused: final. */
+  LWSI_RDZV_EV_REFUSED,
+  /* Leader: dropped a connection that never joined (garbage, no join in
+   * time, too many pending, accept failed); addr, reason. */
+  LWSI_RDZV_EV_DROPPED,
+  /* Before release. Leader: a joined worker went (closed, silent, bye); its
+   * rank is free again. Worker: lost the leader; retrying. */
+  LWSI_RDZV_EV_DEPARTED,
+  /* Both: every member joined and the checks passed. */
+  LWSI_RDZV_EV_RELEASED,
+  /* Both: the group failed before launch (the members' launch commands or
+   * GPU counts differ, the leader's deadline, ...): final. */
+  LWSI_RDZV_EV_FAILED,
+  /* Both: this agent's own rendezvous deadline passed: final. */
+  LWSI_RDZV_EV_TIMEOUT,
+  /* After release: a member was lost (rank; 0 is the leader), or left
+   * with a bye. Leader: seen itself. Worker: relayed by the leader, or the
+   * leader itself. The caller applies --on-peer-loss. */
+  LWSI_RDZV_EV_LOST,
+};
+
+struct lwsi_rdzv_event {
+  enum lwsi_rdzv_ev type;
+  int64_t rank;       /* the member concerned, -1 when none */
+  const char *addr;   /* the peer's IP, "" when none */
+  const char *pod;    /* JOINED (leader): the member's pod; else "" */
+  int err;            /* a negative errno or uv error, 0 when none */
+  const char *reason; /* one line, no newline, never NULL */
+};
+
+/* The state each member reports in its heartbeats. */
+struct lwsi_rdzv_local {
+  char child[LWSI_WIRE_CHILD_MAX]; /* e.g. "none", "running", "exited" */
+  bool upstream;                   /* the local engine's health */
+};
+
+/* What /status shows of one member. */
+struct lwsi_rdzv_member {
+  uint32_t rank;
+  char addr[LWSI_WIRE_ADDR_MAX]; /* as the leader sees it */
+  char pod[LWSI_WIRE_POD_MAX];
+  bool joined;
+  bool alive;
+  int64_t hb_age_ms; /* since the last frame from it; -1: not watched here */
+  int64_t rtt_us;    /* -1: not measured yet */
+  bool has_state;    /* child and upstream are from its heartbeat */
+  char child[LWSI_WIRE_CHILD_MAX];
+  bool upstream;
+};
+
+struct lwsi_rdzv;
+struct lwsi_rdzv_conn;
+struct lwsi_rdzv_slot;
+
+typedef void (*lwsi_rdzv_cb)(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev);
+/* Called before every heartbeat this agent sends; fills *out. */
+typedef void (*lwsi_rdzv_local_cb)(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out);
+
+struct lwsi_rdzv {
+  void *data; /* the caller's; kept by lwsi_rdzv_start */
+
+  /* Read-only for the caller. */
+  bool leader;
+  bool open; /* no token: anyone who reaches the port may join */
+  enum lwsi_rdzv_state state;
+  uint8_t nonce[LWSI_WIRE_NONCE_LEN]; /* this incarnation */
+  char nonce_hex[2 * LWSI_WIRE_NONCE_LEN + 1];
+  char leader_addr[LWSI_WIRE_ADDR_MAX]; /* leader: its own address, as workers reach it */
+  uint32_t attempts;                    /* worker: connection attempts since the last join */
+
+  /* Test hook: while true, this agent sends no heartbeats. */
+  bool mute_heartbeats;
+
+  /* Private. */
+  uv_loop_t *loop;
+  lwsi_rdzv_cb cb;
+  lwsi_rdzv_local_cb local_cb;
+  struct lwsi_rdzv_config cfg; /* strings below are owned copies */
+  char revision[LWSI_WIRE_REVISION_MAX];
+  char pod[LWSI_WIRE_POD_MAX];
+  char host[LWSI_WIRE_ADDR_MAX];
+  char source[LWSI_WIRE_ADDR_MAX];
+  uint8_t *token;
+  struct sockaddr_storage peer_sa; /* worker: the leader */
+  uv_tcp_t listener;               /* leader */
+  uv_timer_t tick;                 /* heartbeats, silence, handshake deadlines */
+  uv_timer_t deadline;             /* rdzv_timeout_ms */
+  uv_timer_t defer;                /* work that must not run inside a write */
+  uv_timer_t retry;                /* worker: the next connection attempt */
+  uv_check_t check;                /* runs what tick and deadline found due, after I/O */
+  uv_idle_t idle;                  /* makes that poll not wait: see on_check */
+  bool listener_open, tick_open, deadline_open, defer_open, retry_open, check_open, idle_open;
+  bool tick_due, deadline_due, release_due;
+  uint32_t closing;               /* handles of ours that libuv has not finished closing */
+  struct lwsi_rdzv_slot *slots;   /* size entries, by rank */
+  struct lwsi_rdzv_conn *pending; /* leader: connections not joined yet */
+  uint32_t npending;
+  struct lwsi_rdzv_conn *conn; /* worker: the connection to the leader */
+  uint32_t njoined;            /* workers joined (leader) */
+  uint64_t next_hb;            /* uv_now of the next heartbeat */
+  uint64_t hb_seq;
+  uint64_t retry_delay;                  /* worker: the current backoff step */
+  uint64_t rng;                          /* jitter only; seeded from getrandom */
+  bool notify_waiting;                   /* leader: the missing list changed */
+  bool released_pending;                 /* leader of a group of one: release on the loop */
+  bool accept_stuck;                     /* leader: an accept waits for memory */
+  char last_error[LWSI_WIRE_REASON_MAX]; /* worker: why the last attempt failed */
+  char missing[LWSI_WIRE_REASON_MAX];    /* the latest "ranks 2, 3" */
+  uint32_t nmissing;
+  bool heard_missing; /* worker: the leader told us */
+  uint8_t *rbuf;      /* read buffer, one for all connections */
+};
+
+/* Starts the leader (cfg->rank == 0: binds and listens; EADDRINUSE and the
+ * like come back at once; host "::" falls back to "0.0.0.0" where the
+ * node has no IPv6) or a worker (connects in the background). r must be
+ * zeroed, or closed with the loop run since. Returns 0, -EINVAL (a bad
+ * size, rank, address, or text that cannot go on the wire), -ENAMETOOLONG,
+ * -EBUSY (r is still closing: run the loop first), or another negative
+ * errno. On failure, still call lwsi_rdzv_close and run the loop. */
+int lwsi_rdzv_start(struct lwsi_rdzv *r, uv_loop_t *loop, const struct lwsi_rdzv_config *cfg,
+                    lwsi_rdzv_cb cb, lwsi_rdzv_local_cb local_cb);
+
+/* Leader: the port it listens on (the one the kernel chose for port 0). */
+uint16_t lwsi_rdzv_port(const struct lwsi_rdzv *r);
+
+/* Worker, before release: connect to this leader IP from the next attempt
+ * on (the caller re-resolved the leader's name, e.g. after a DEPARTED or a
+ * run of RETRYING: a recreated leader pod may have a new IP). Returns 0,
+ * -EINVAL (not an IP literal, or this is the leader) or -EALREADY (released
+ * or final: a released worker never joins another leader). */
+int lwsi_rdzv_set_leader(struct lwsi_rdzv *r, const char *ip);
+
+/* Says goodbye: sends a bye with reason (e.g. "SIGTERM") to every peer so
+ * that they learn at once, stops heartbeats and retries, closes the
+ * listener; no event is reported afterwards. Returns 0, or -EALREADY. */
+int lwsi_rdzv_leave(struct lwsi_rdzv *r, const char *reason);
+
+/* Closes every handle and connection; run the loop afterwards so that
+ * uv_loop_close returns 0. Safe in any state, more than once. */
+void lwsi_rdzv_close(struct lwsi_rdzv *r);
+
+/* The group size, for iterating lwsi_rdzv_member. */
+uint32_t lwsi_rdzv_size(const struct lwsi_rdzv *r);
+
+/* Workers joined so far, the leader included (leader: live count; worker:
+ * the leader's last word, or size after release). */
+uint32_t lwsi_rdzv_joined(const struct lwsi_rdzv *r);
+
+/* What this agent knows of member rank. Leader: every member (rank 0 is
+ * itself, with hb_age_ms and rtt_us -1). Worker: before release only rank
+ * 0 (the leader) and itself; after release the whole table, alive as far
+ * as the leader said, with heartbeat details for rank 0 only. Returns 0 or
+ * -ENOENT. */
+int lwsi_rdzv_member(const struct lwsi_rdzv *r, uint32_t rank, struct lwsi_rdzv_member *out);
+
+/* The latest list of ranks missing ("ranks 2, 3"; "" when none or unknown). */
+const char *lwsi_rdzv_missing(const struct lwsi_rdzv *r);
+
+const char *lwsi_rdzv_event_name(enum lwsi_rdzv_ev type);
+const char *lwsi_rdzv_state_name(enum lwsi_rdzv_state state);
+
+#endif
