@@ -285,8 +285,8 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     return;
   case LWSI_RDZV_EV_JOINED:
     if (r->leader)
-      lwsi_log_info("rank %lld joined from %s%s%s: %s", (long long)ev->rank, ev->addr,
-                    ev->pod[0] ? ", pod " : "", ev->pod, ev->reason);
+      lwsi_log_info("%s, from %s%s%s", ev->reason, ev->addr, ev->pod[0] ? ", pod " : "",
+                    ev->pod);
     else
       lwsi_log_info("joined the leader at %s:%u as rank %u", a->leader_ip, a->cfg->rdzv_port,
                     a->cfg->rank);
