@@ -448,7 +448,8 @@ static void health_input(struct lwsi_agent *a, struct lwsi_health_input *in)
 {
   const struct lwsi_config *cfg = a->cfg;
   memset(in, 0, sizeof(*in));
-  in->is_leader = is_leader(a);
+  /* A standalone agent is the leader of a group of one. */
+  in->is_leader = cfg->rank == 0;
   in->standalone = cfg->standalone;
   in->readiness = cfg->readiness;
   in->phase = phase_names[a->phase];
