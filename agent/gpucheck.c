@@ -600,7 +600,6 @@ struct dev {
   lwsi_cuda_stream stream;
   void *send, *recv;
   lwsi_nccl_comm comm;
-  bool comm_ready;
 };
 
 static struct dev *devs;
@@ -924,10 +923,13 @@ static void expected_sums(float exp[8])
 }
 
 /* Waits until no communicator is in progress. Failures and the deadline
- * are recorded; returns whether all are ready. */
-static bool wait_comms(const char *stage, const char *what)
+ * are recorded; returns whether all are ready. spin: poll without sleeping
+ * for SPIN_NS first (inside the timed all-reduce loop, where a nap would
+ * count as all-reduce time). */
+static bool wait_comms(const char *stage, const char *what, bool spin)
 {
   unsigned us = 0;
+  uint64_t t0 = now_ns();
   for (;;) {
     bool pending = false;
     for (int i = 0; i < ndev; i++) {
@@ -951,7 +953,8 @@ static bool wait_comms(const char *stage, const char *what)
       return true;
     if (must_stop(stage, what))
       return false;
-    nap(&us);
+    if (!spin || now_ns() - t0 > SPIN_NS)
+      nap(&us);
   }
 }
 
@@ -982,7 +985,7 @@ static bool launch_allreduce(size_t count)
     failf("allreduce", "ncclGroupEnd (all-reduce) failed: %s", nccl_str(r));
     ok = false;
   }
-  return ok && wait_comms("allreduce", "enqueueing the all-reduce");
+  return ok && wait_comms("allreduce", "enqueueing the all-reduce", true);
 }
 
 /* Waits until every local stream has run its all-reduces, watching the
@@ -1134,7 +1137,7 @@ static bool nccl_init(void)
            "NCCL communicator init (%" PRId64 " ranks; are all nodes' checks running and "
            "reachable?)",
            nranks_total);
-  return ok && wait_comms("nccl_init", what);
+  return ok && wait_comms("nccl_init", what, false);
 }
 
 /* Communicators first, then memory: NCCL may still use the buffers until
@@ -1153,7 +1156,7 @@ static void nccl_cleanup(bool clean)
       }
     }
     if (clean)
-      clean = wait_comms("cleanup", "NCCL communicator finalize");
+      clean = wait_comms("cleanup", "NCCL communicator finalize", false);
   }
   for (int i = 0; i < ndev; i++) {
     struct dev *d = &devs[i];
@@ -1214,9 +1217,10 @@ static void run_nccl(void)
     uint64_t t0 = now_ns();
     ok = nccl_init();
     init_ms = ms_since(t0);
-    human("nccl: %" PRId64 " ranks, this node ranks %" PRId64 "..%" PRId64
-          ", communicator ready in %.1f ms\n",
-          nranks_total, rank_base, rank_base + ndev - 1, init_ms);
+    if (ok)
+      human("nccl: %" PRId64 " ranks, this node ranks %" PRId64 "..%" PRId64
+            ", communicator ready in %.1f ms\n",
+            nranks_total, rank_base, rank_base + ndev - 1, init_ms);
   }
   if (ok) {
     emit_phase("allreduce");
@@ -1312,7 +1316,12 @@ static int finish(int code)
     } else {
       jb_printf(&b, "null");
     }
-    jb_printf(&b, ",\"gpus_visible\":%d,\"devices\":[", visible);
+    jb_printf(&b, ",\"gpus_visible\":");
+    if (visible >= 0)
+      jb_printf(&b, "%d", visible);
+    else
+      jb_printf(&b, "null");
+    jb_printf(&b, ",\"devices\":[");
     bool first = true;
     for (int i = 0; devs != NULL && i < ndev; i++) {
       const struct dev *d = &devs[i];
@@ -1542,10 +1551,24 @@ int main(int argc, char **argv)
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  struct sigaction ign = sa;
+  ign.sa_handler = SIG_IGN;
+  if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0 ||
+      sigaction(SIGHUP, &sa, NULL) < 0 || sigaction(SIGPIPE, &ign, NULL) < 0) {
+    fprintf(stderr, PROG ": sigaction: %s\n", strerror(errno));
+    return EXIT_FAILED;
+  }
+  /* The agent starts us with its signals blocked unless it restores its
+   * mask first; a blocked SIGTERM would only be seen at the deadline. */
+  sigset_t unblock;
+  sigemptyset(&unblock);
+  sigaddset(&unblock, SIGTERM);
+  sigaddset(&unblock, SIGINT);
+  sigaddset(&unblock, SIGHUP);
+  if (sigprocmask(SIG_UNBLOCK, &unblock, NULL) < 0) {
+    fprintf(stderr, PROG ": sigprocmask: %s\n", strerror(errno));
+    return EXIT_FAILED;
+  }
 
   if (opt.proto) {
     proto_fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);

@@ -27,10 +27,6 @@ static const struct {
   {SIGTTOU, ACT_DROP},
 };
 
-/* Signals that report a fault of this very process stay unblocked, so that
- * a crash of the agent is a crash and not a hang. */
-static const int sync_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
-
 static enum sig_action action_for(int sig)
 {
   for (size_t i = 0; i < sizeof(sig_table) / sizeof(sig_table[0]); i++)
@@ -39,11 +35,17 @@ static enum sig_action action_for(int sig)
   return ACT_FORWARD;
 }
 
+/* Every signal is blocked, the fault signals (SIGSEGV, SIGBUS, SIGFPE,
+ * SIGILL, SIGTRAP, SIGABRT, SIGSYS) too: one sent with kill(2) is then
+ * read from the signalfd and forwarded like any other (contract, "The
+ * init"), while a real fault of this process still kills it, because the
+ * kernel unblocks a synchronous fault signal and resets it to its default
+ * action before delivering it (kernel/signal.c, force_sig_info_to_task;
+ * for PID 1 it also clears SIGNAL_UNKILLABLE). abort(3) unblocks SIGABRT
+ * itself. So a crash of the agent stays a crash. */
 static void handled_set(sigset_t *set)
 {
   sigfillset(set);
-  for (size_t i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
-    sigdelset(set, sync_signals[i]);
   sigdelset(set, SIGKILL);
   sigdelset(set, SIGSTOP);
 }
@@ -148,13 +150,12 @@ void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig, bool drain)
     forward_stop(sup);
     return;
   }
-  /* A second stop signal while draining cuts the drain short; later ones
-   * are forwarded like any other signal. */
-  sup->stop_sig = sig;
+  /* A second stop signal while draining cuts the drain short: the first
+   * is forwarded now, then this one, so that each arrives once (an engine
+   * may read a second SIGINT as "stop harder"). */
   if (sup->draining) {
     uv_timer_stop(&sup->drain_timer);
     forward_stop(sup);
-    return;
   }
   forward(sup, sig);
 }
