@@ -4,6 +4,7 @@
 
 #include "lwsinit/cmdline.h"
 #include "lwsinit/expand.h"
+#include "lwsinit/gpurun.h"
 #include "lwsinit/health.h"
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
@@ -11,6 +12,7 @@
 #include "lwsinit/termlog.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -226,10 +228,251 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
   case LWSI_SUP_CHILD_EXITED:
     on_child_exited(a, arg);
     return;
+  case LWSI_SUP_REAPED:
+    if (a->gpu_on && sup->reaped_pid == a->gpu.pid)
+      lwsi_gpurun_reaped(&a->gpu, arg);
+    return;
   }
 }
 
 /* ---- the group ----------------------------------------------------- */
+
+
+/* ---- the GPU check (contract, "Checks before launch") --------------- */
+
+static const char *const gpu_mode_names[] = {"none", "cuda", "nccl"};
+
+static void check_failed(struct lwsi_agent *a, const char *why)
+{
+  if (a->gpu_on)
+    lwsi_gpurun_kill(&a->gpu);
+  finish(a, LWSI_EXIT_GPU, why);
+}
+
+/* Launches once the group's verdict is in and this node's check process is
+ * gone, its GPU memory with it (issue 5). */
+static void check_maybe_launch(struct lwsi_agent *a)
+{
+  if (a->done || a->sup.child != 0 || !a->gpu_verdict_ok || !a->gpu_gone)
+    return;
+  launch(a);
+}
+
+static void leader_verdict(struct lwsi_agent *a, bool ok, const char *reason)
+{
+  char data[700];
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", ok);
+  cJSON_AddStringToObject(o, "reason", reason);
+  if (cJSON_PrintPreallocated(o, data, sizeof(data), 0) && a->rdzv_on &&
+      a->cfg->size > 1)
+    lwsi_rdzv_app_broadcast(&a->rdzv, "gpu_verdict", data);
+  cJSON_Delete(o);
+}
+
+/* The leader's view of one node's result; the first failure fails all. */
+static void leader_result(struct lwsi_agent *a, uint32_t rank, bool ok, const char *error,
+                          const char *model)
+{
+  char why[900];
+  if (rank >= a->cfg->size || a->gpu_seen == NULL || a->gpu_seen[rank])
+    return;
+  a->gpu_seen[rank] = 1;
+  if (ok && model[0] != '\0') {
+    if (a->gpu_model[0] == '\0') {
+      snprintf(a->gpu_model, sizeof(a->gpu_model), "%s", model);
+      a->gpu_model_rank = rank;
+    } else if (strcmp(a->gpu_model, model) != 0) {
+      snprintf(why, sizeof(why), "the GPU models differ: rank %u has %s, rank %u has %s",
+               a->gpu_model_rank, a->gpu_model, rank, model);
+      leader_verdict(a, false, why);
+      check_failed(a, why);
+      return;
+    }
+  }
+  if (!ok) {
+    snprintf(why, sizeof(why), "the GPU check failed on rank %u: %s", rank,
+             error[0] ? error : "no result");
+    leader_verdict(a, false, why);
+    check_failed(a, why);
+    return;
+  }
+  if (++a->gpu_passed == a->cfg->size) {
+    lwsi_log_info("the GPU check passed on all %u nodes", a->cfg->size);
+    leader_verdict(a, true, "passed");
+    a->gpu_verdict_ok = true;
+    check_maybe_launch(a);
+  }
+}
+
+static void on_check(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
+{
+  struct lwsi_agent *a = r->data;
+  const struct lwsi_config *cfg = a->cfg;
+  switch (ev) {
+  case LWSI_GPURUN_ID:
+    if (a->rdzv_on && cfg->size > 1)
+      lwsi_rdzv_app_broadcast(&a->rdzv, "gpu_id", r->id);
+    return;
+  case LWSI_GPURUN_RESULT:
+    if (r->ok)
+      lwsi_log_info("GPU check passed on this node: %u GPU(s) (%s)%s in %.0f ms", r->ndevices,
+                    r->model, r->busbw_gbps > 0 ? ", all-reduce bus bandwidth measured" : "",
+                    r->time_ms);
+    else
+      lwsi_log_warn("GPU check failed on this node: %s", r->error);
+    if (cfg->standalone || cfg->size == 1 || cfg->rank == 0) {
+      leader_result(a, 0, r->ok, r->error, r->model);
+      if (cfg->standalone && r->ok && !a->gpu_verdict_ok) {
+        a->gpu_verdict_ok = true;
+        check_maybe_launch(a);
+      }
+      return;
+    }
+    {
+      char data[1024];
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddBoolToObject(o, "ok", r->ok);
+      cJSON_AddStringToObject(o, "error", r->error);
+      cJSON_AddStringToObject(o, "model", r->model);
+      if (cJSON_PrintPreallocated(o, data, sizeof(data), 0))
+        lwsi_rdzv_app_send(&a->rdzv, "gpu_result", data);
+      cJSON_Delete(o);
+    }
+    if (!r->ok) {
+      char why[700];
+      snprintf(why, sizeof(why), "the GPU check failed on rank %u: %s", cfg->rank, r->error);
+      check_failed(a, why);
+    }
+    return;
+  case LWSI_GPURUN_GONE:
+    a->gpu_gone = true;
+    if (!r->have_result) {
+      char why[400];
+      snprintf(why, sizeof(why), "the GPU check on rank %u ended without a result (status %d)",
+               cfg->rank, lwsi_supervisor_exit_code(r->status));
+      if (cfg->rank == 0 || cfg->standalone)
+        leader_result(a, cfg->rank, false, why, "");
+      else
+        check_failed(a, why);
+      return;
+    }
+    check_maybe_launch(a);
+    return;
+  }
+}
+
+/* Messages of the check between the agents, after release. */
+static void on_check_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (a->cfg->gpu_check == LWSI_GPU_CHECK_NONE)
+    return;
+  if (strcmp(ev->kind, "gpu_id") == 0 && a->cfg->rank > 0) {
+    int rc = a->gpu_on ? lwsi_gpurun_give_id(&a->gpu, ev->data) : -ESRCH;
+    if (rc < 0)
+      lwsi_log_warn("cannot give the NCCL id to the GPU check: %s", strerror(-rc));
+    return;
+  }
+  cJSON *o = cJSON_Parse(ev->data);
+  const cJSON *ok = cJSON_GetObjectItemCaseSensitive(o, "ok");
+  if (strcmp(ev->kind, "gpu_result") == 0 && a->cfg->rank == 0 && ev->rank > 0) {
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(o, "model");
+    leader_result(a, (uint32_t)ev->rank, cJSON_IsTrue(ok),
+                  cJSON_IsString(err) ? err->valuestring : "a result the leader cannot read",
+                  cJSON_IsString(model) ? model->valuestring : "");
+  } else if (strcmp(ev->kind, "gpu_verdict") == 0 && a->cfg->rank > 0) {
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+    if (cJSON_IsTrue(ok)) {
+      a->gpu_verdict_ok = true;
+      check_maybe_launch(a);
+    } else {
+      check_failed(a, cJSON_IsString(reason) ? reason->valuestring
+                                              : "the GPU check failed on another node");
+    }
+  }
+  cJSON_Delete(o);
+}
+
+static void on_check_deadline(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  char why[300];
+  if (a->sup.child != 0 || a->done)
+    return;
+  snprintf(why, sizeof(why), "the GPU check did not finish within %.3g s (--gpu-check-timeout)",
+           (double)a->cfg->gpu_check_timeout_ms / 1000.0);
+  if (a->cfg->rank == 0)
+    leader_verdict(a, false, why);
+  check_failed(a, why);
+}
+
+/* The check program: LWSINIT_GPUCHECK, else beside this binary (an
+ * image installs both in one folder), else from PATH. */
+static void check_program(char *buf, size_t len)
+{
+  const char *env = getenv("LWSINIT_GPUCHECK");
+  if (env != NULL && env[0] != '\0') {
+    snprintf(buf, len, "%s", env);
+    return;
+  }
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash != NULL) {
+      *slash = '\0';
+      snprintf(buf, len, "%s/lwsinit-gpucheck", self);
+      if (access(buf, X_OK) == 0)
+        return;
+    }
+  }
+  snprintf(buf, len, "lwsinit-gpucheck");
+}
+
+static void start_check(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  set_phase(a, LWSI_PHASE_CHECKING);
+  if (cfg->gpu_check == LWSI_GPU_CHECK_NONE) {
+    launch(a);
+    return;
+  }
+  char prog[4200], gpus[16], bytes[24], tmo[24], bw[32], nodes[16], rank[16];
+  check_program(prog, sizeof(prog));
+  /* The program's own deadline comes first, so that its result line (and
+   * NCCL's abort) arrive before the agent's kill. */
+  uint64_t t = cfg->gpu_check_timeout_ms;
+  uint64_t margin = t / 10 < 5000 ? t / 10 : 5000;
+  snprintf(gpus, sizeof(gpus), "%u", cfg->gpus);
+  snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)cfg->gpu_check_bytes);
+  snprintf(tmo, sizeof(tmo), "%llu", (unsigned long long)(t - margin > 0 ? t - margin : t));
+  snprintf(bw, sizeof(bw), "%.3f", cfg->gpu_min_busbw);
+  snprintf(nodes, sizeof(nodes), "%u", cfg->size);
+  snprintf(rank, sizeof(rank), "%u", cfg->rank);
+  char *argv[] = {prog, (char *)gpu_mode_names[cfg->gpu_check], "--proto", "--gpus", gpus,
+                  "--bytes", bytes, "--timeout-ms", tmo, "--min-busbw", bw, "--nodes", nodes,
+                  "--node-rank", rank, NULL};
+  a->gpu_seen = calloc(cfg->size, 1);
+  uv_timer_init(&a->loop, &a->gpu_deadline);
+  a->gpu_deadline.data = a;
+  a->gpu_timer_on = true;
+  uv_timer_start(&a->gpu_deadline, on_check_deadline, t, 0);
+  a->gpu.data = a;
+  a->gpu_on = true;
+  lwsi_log_info("checking the GPUs (%s) with %s", gpu_mode_names[cfg->gpu_check], prog);
+  int rc = a->gpu_seen == NULL ? -ENOMEM
+                               : lwsi_gpurun_start(&a->gpu, &a->loop, argv, a->envp,
+                                                   &a->sup.child_mask, on_check);
+  if (rc < 0) {
+    char why[4400];
+    snprintf(why, sizeof(why), "cannot run the GPU check %s: %s", prog, strerror(-rc));
+    if (cfg->rank == 0)
+      leader_verdict(a, false, why);
+    check_failed(a, why);
+  }
+}
 
 /* After release: the checks before launch, then the engine. */
 static void on_released(struct lwsi_agent *a)
@@ -249,8 +492,7 @@ static void on_released(struct lwsi_agent *a)
   }
   lwsi_log_info("the group of %u formed in %.3f s; launching with leader %s", a->cfg->size,
                 (double)(uv_now(&a->loop) - a->started_ms) / 1000.0, a->leader_ip);
-  set_phase(a, LWSI_PHASE_CHECKING);
-  launch(a);
+  start_check(a);
 }
 
 static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
@@ -327,6 +569,9 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     return;
   case LWSI_RDZV_EV_LOST:
     on_member_lost(a, ev);
+    return;
+  case LWSI_RDZV_EV_APP:
+    on_check_message(a, ev);
     return;
   }
 }
@@ -556,7 +801,7 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
   }
   if (cfg->standalone) {
     snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
-    launch(a);
+    start_check(a);
   } else if (cfg->rank == 0) {
     start_rdzv(a);
   } else {
@@ -595,6 +840,11 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   if (a->resolver_on)
     lwsi_resolver_close(&a->resolver);
   lwsi_upstream_close(&a->upstream);
+  if (a->gpu_on)
+    lwsi_gpurun_close(&a->gpu);
+  if (a->gpu_timer_on)
+    uv_close((uv_handle_t *)&a->gpu_deadline, NULL);
+  free(a->gpu_seen);
   lwsi_http_close(&a->http);
   lwsi_status_sock_close(&a->status_sock);
   lwsi_supervisor_close(&a->sup);

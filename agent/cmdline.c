@@ -1,9 +1,9 @@
 #include "lwsinit/cmdline.h"
 
+#include "lwsinit/crypto.h"
 #include "lwsinit/expand.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,26 +131,25 @@ static bool is_rank_arg(const char *a, const char *rank)
 
 int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32])
 {
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  if (ctx == NULL)
-    return -ENOMEM;
-  char rank[16], head[64];
+  char rank[16];
   uint16_t dp = 0;
   bool has_dp = lwsi_config_dist_port(cfg, &dp);
   snprintf(rank, sizeof(rank), "%u", cfg->rank);
-  int n = snprintf(head, sizeof(head), "lwsinit-cmd-v1\n%s\n%u\n",
-                   lwsi_config_preset_name(cfg->preset), has_dp ? dp : 0);
-  int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-           EVP_DigestUpdate(ctx, head, (size_t)n);
-  for (int i = 0; ok && i < cfg->argc; i++) {
+  /* The input in one buffer, each argument length-prefixed so that
+   * ["ab","c"] and ["a","bc"] differ. */
+  size_t cap = 64;
+  for (int i = 0; i < cfg->argc; i++)
+    cap += strlen(cfg->argv[i]) + 24;
+  char *buf = malloc(cap);
+  if (buf == NULL)
+    return -ENOMEM;
+  size_t n = (size_t)snprintf(buf, cap, "lwsinit-cmd-v1\n%s\n%u\n",
+                              lwsi_config_preset_name(cfg->preset), has_dp ? dp : 0);
+  for (int i = 0; i < cfg->argc; i++) {
     const char *a = is_rank_arg(cfg->argv[i], rank) ? "{rank}" : cfg->argv[i];
-    /* The length prefix keeps ["ab","c"] and ["a","bc"] apart. */
-    char len[24];
-    int l = snprintf(len, sizeof(len), "%zu:", strlen(a));
-    ok = EVP_DigestUpdate(ctx, len, (size_t)l) && EVP_DigestUpdate(ctx, a, strlen(a));
+    n += (size_t)snprintf(buf + n, cap - n, "%zu:%s", strlen(a), a);
   }
-  unsigned int outlen = 0;
-  ok = ok && EVP_DigestFinal_ex(ctx, out, &outlen) && outlen == 32;
-  EVP_MD_CTX_free(ctx);
-  return ok ? 0 : -EIO;
+  int rc = lwsi_crypto_sha256(buf, n, out);
+  free(buf);
+  return rc;
 }

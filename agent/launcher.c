@@ -34,9 +34,20 @@ static ssize_t read_full(int fd, void *buf, size_t len)
 
 /* Runs in the child between fork and exec; only async-signal-safe calls. */
 static __attribute__((noreturn)) void child_exec(char *const *argv, char *const *envp,
-                                                 const sigset_t *mask, int errfd)
+                                                 const sigset_t *mask, int errfd, int in_fd,
+                                                 int out_fd)
 {
   setpgid(0, 0);
+  /* dup2(2) leaves the new descriptor without close-on-exec. */
+  if ((in_fd >= 0 && dup2(in_fd, STDIN_FILENO) < 0) ||
+      (out_fd >= 0 && dup2(out_fd, STDOUT_FILENO) < 0)) {
+    int e = errno;
+    ssize_t n;
+    do
+      n = write(errfd, &e, sizeof(e));
+    while (n < 0 && errno == EINTR);
+    _exit(126);
+  }
   /* With a terminal on stdin the child's group becomes the foreground one,
    * so that it can read the terminal (tini does the same). SIGTTOU is still
    * blocked here, so tcsetpgrp(3) cannot stop us. */
@@ -55,6 +66,12 @@ static __attribute__((noreturn)) void child_exec(char *const *argv, char *const 
 int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *child_mask,
                         pid_t *pid)
 {
+  return lwsi_launcher_spawn_io(argv, envp, child_mask, -1, -1, pid);
+}
+
+int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t *child_mask,
+                           int in_fd, int out_fd, pid_t *pid)
+{
   *pid = 0;
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0)
@@ -68,7 +85,7 @@ int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *ch
   }
   if (child == 0) {
     close(p[0]);
-    child_exec(argv, envp, child_mask, p[1]);
+    child_exec(argv, envp, child_mask, p[1], in_fd, out_fd);
   }
   close(p[1]);
   /* Set the group from both sides so that neither order of events leaves a

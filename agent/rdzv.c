@@ -1,8 +1,9 @@
 #include "lwsinit/rdzv.h"
 
+#include "lwsinit/crypto.h"
+
 #include <errno.h>
 #include <netinet/in.h>
-#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,13 @@ struct lwsi_rdzv_slot {
   bool upstream;
 };
 
+/* The leader's latest app broadcast of one kind, as sent. */
+struct lwsi_rdzv_kept {
+  char kind[LWSI_WIRE_KIND_MAX]; /* "" for a free entry */
+  uint8_t *frame;
+  size_t len;
+};
+
 struct wreq {
   uv_write_t req;
   struct lwsi_rdzv_conn *c;
@@ -80,6 +88,7 @@ static const char *const ev_names[] = {
     [LWSI_RDZV_EV_DROPPED] = "dropped",   [LWSI_RDZV_EV_DEPARTED] = "departed",
     [LWSI_RDZV_EV_RELEASED] = "released", [LWSI_RDZV_EV_FAILED] = "failed",
     [LWSI_RDZV_EV_TIMEOUT] = "timeout",   [LWSI_RDZV_EV_LOST] = "lost",
+    [LWSI_RDZV_EV_APP] = "app",
 };
 
 static const char *const state_names[] = {
@@ -236,6 +245,31 @@ static bool emit(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, int64_t rank, cons
       .pod = pod != NULL ? pod : "",
       .err = err,
       .reason = reason,
+      .kind = "",
+      .data = "",
+  };
+  if (r->cb != NULL)
+    r->cb(r, &ev);
+  return !quiet(r);
+}
+
+/* Reports an application message from rank (0: the leader). */
+static bool emit_app(struct lwsi_rdzv *r, uint32_t rank, const char *addr, const char *pod,
+                     const struct lwsi_msg_app *m)
+{
+  if (quiet(r))
+    return false;
+  char reason[128];
+  textf(reason, sizeof(reason), "'%s' from rank %u (%zu bytes)", m->kind, rank, strlen(m->data));
+  struct lwsi_rdzv_event ev = {
+      .type = LWSI_RDZV_EV_APP,
+      .rank = rank,
+      .addr = addr != NULL ? addr : "",
+      .pod = pod != NULL ? pod : "",
+      .err = 0,
+      .reason = reason,
+      .kind = m->kind,
+      .data = m->data,
   };
   if (r->cb != NULL)
     r->cb(r, &ev);
@@ -248,8 +282,8 @@ static void on_conn_closed(uv_handle_t *h)
 {
   struct lwsi_rdzv_conn *c = h->data;
   lwsi_wire_reader_free(&c->rd);
-  OPENSSL_cleanse(&c->hello, sizeof(c->hello));
-  OPENSSL_cleanse(&c->join, sizeof(c->join));
+  explicit_bzero(&c->hello, sizeof(c->hello));
+  explicit_bzero(&c->join, sizeof(c->join));
   free(c);
 }
 
@@ -563,7 +597,7 @@ static bool leader_check_group(struct lwsi_rdzv *r, char *why, size_t len)
   size_t go = 0;
   for (uint32_t i = 1; i < r->cfg.size; i++) {
     const struct lwsi_rdzv_slot *s = &r->slots[i];
-    if (CRYPTO_memcmp(s->digest, r->cfg.cmd_digest, LWSI_WIRE_DIGEST_LEN) != 0) {
+    if (!lwsi_crypto_equal(s->digest, r->cfg.cmd_digest, LWSI_WIRE_DIGEST_LEN)) {
       if (ncmd < 64)
         cmd[ncmd] = i;
       ncmd++;
@@ -732,7 +766,7 @@ static void leader_send_welcome(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
       mark_broken(c, -EIO, "cannot compute the leader's proof");
   }
   send_msg(c, &m);
-  OPENSSL_cleanse(&m, sizeof(m));
+  explicit_bzero(&m, sizeof(m));
 }
 
 /* Makes c the connection of the member in slot j->rank. */
@@ -771,6 +805,20 @@ static void leader_rejoin(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
     mark_broken(c, rc, "cannot send the member table again");
   else
     send_frame(c, frame, len);
+  /* It missed what was broadcast on its old connection: the latest of each
+   * kind again, after the release, in the order they were sent. */
+  for (uint32_t i = 0; r->kept != NULL && i < LWSI_RDZV_APP_KEPT && !c->broken; i++) {
+    const struct lwsi_rdzv_kept *k = &r->kept[i];
+    if (k->kind[0] == '\0')
+      break;
+    uint8_t *copy = malloc(k->len);
+    if (copy == NULL) {
+      mark_broken(c, -ENOMEM, "out of memory");
+      break;
+    }
+    memcpy(copy, k->frame, k->len);
+    send_frame(c, copy, k->len);
+  }
   emit(r, LWSI_RDZV_EV_JOINED, j->rank, c->addr, j->pod, 0,
        "rank %u reconnected before it heard the release; released it again", j->rank);
 }
@@ -798,7 +846,7 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
     uint8_t mac[LWSI_WIRE_MAC_LEN];
     int rc = lwsi_wire_join_mac(r->token, cfg->token_len, &c->hello, j, mac);
     bool ok = rc == 0 && lwsi_wire_mac_equal(mac, j->mac);
-    OPENSSL_cleanse(mac, sizeof(mac));
+    explicit_bzero(mac, sizeof(mac));
     if (!ok) {
       leader_refuse(r, c, rank, "token",
                     "wrong token: the worker's proof does not match the "
@@ -942,6 +990,12 @@ static void leader_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
     take_hb(r, c, s, &m.hb);
   } else if (m.type == LWSI_MSG_BYE) {
     textf(why, sizeof(why), "left: %s", m.bye.reason);
+    leader_member_gone(r, c, why);
+  } else if (m.type == LWSI_MSG_APP && r->state == LWSI_RDZV_RELEASED) {
+    emit_app(r, c->rank, c->addr, s->pod, &m.app);
+  } else if (m.type == LWSI_MSG_APP) {
+    /* Only a released worker has anything to say to the agent. */
+    textf(why, sizeof(why), "protocol error: sent an 'app' message before the release");
     leader_member_gone(r, c, why);
   } else {
     textf(why, sizeof(why), "protocol error: sent an unexpected '%s' message",
@@ -1216,7 +1270,7 @@ static void worker_send_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c)
   c->state = C_JOINING;
   c->deadline = uv_now(r->loop) + r->cfg.handshake_timeout_ms;
   rc = send_msg(c, &m);
-  OPENSSL_cleanse(&m, sizeof(m));
+  explicit_bzero(&m, sizeof(m));
   if (rc == -EINVAL || rc == -EMSGSIZE)
     worker_end(r, c, LWSI_RDZV_EV_FAILED,
                "cannot encode the join (its text breaks the wire rules)");
@@ -1237,7 +1291,7 @@ static void worker_welcome(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
     bool ok = w->auth &&
               lwsi_wire_welcome_mac(r->token, r->cfg.token_len, &c->hello, &c->join, mac) == 0 &&
               lwsi_wire_mac_equal(mac, w->proof);
-    OPENSSL_cleanse(mac, sizeof(mac));
+    explicit_bzero(mac, sizeof(mac));
     if (!ok) {
       worker_end(r, c, LWSI_RDZV_EV_REFUSED,
                  "the leader did not prove it has the token (an impostor, or a different "
@@ -1383,6 +1437,13 @@ static void worker_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
   case LWSI_MSG_BYE:
     textf(why, sizeof(why), "left: %s", m.bye.reason);
     worker_leader_gone(r, c, why);
+    break;
+  case LWSI_MSG_APP:
+    /* The leader sends them after the release frame, on this connection. */
+    if (r->state == LWSI_RDZV_RELEASED)
+      emit_app(r, 0, r->host, r->slots[0].pod, &m.app);
+    else
+      worker_leader_gone(r, c, "sent an 'app' message before the release");
     break;
   default:
     textf(why, sizeof(why), "sent an unexpected '%s' message", lwsi_wire_type_name(m.type));
@@ -1966,11 +2027,119 @@ void lwsi_rdzv_close(struct lwsi_rdzv *r)
   r->slots = NULL;
   free(r->rbuf);
   r->rbuf = NULL;
+  if (r->kept != NULL) {
+    for (uint32_t i = 0; i < LWSI_RDZV_APP_KEPT; i++)
+      free(r->kept[i].frame);
+    free(r->kept);
+    r->kept = NULL;
+  }
   if (r->token != NULL) {
-    OPENSSL_cleanse(r->token, r->cfg.token_len);
+    explicit_bzero(r->token, r->cfg.token_len);
     free(r->token);
     r->token = NULL;
   }
+}
+
+static int app_encode(const char *kind, const char *data, uint8_t **frame, size_t *len)
+{
+  if (!lwsi_wire_kind_ok(kind) || !lwsi_wire_data_ok(data))
+    return -EINVAL;
+  struct lwsi_msg m = {.type = LWSI_MSG_APP};
+  copy_text(m.app.kind, sizeof(m.app.kind), kind);
+  m.app.data = (char *)data;
+  int rc = lwsi_wire_encode(&m, frame, len);
+  /* 8 KiB of data, even all escaped, fits a frame many times over. */
+  return rc == -EMSGSIZE ? -EINVAL : rc;
+}
+
+/* Keeps the frame as the latest broadcast of its kind (a copy). The list
+ * stays in the order of the latest sends, so that a replay is the same
+ * stream with the superseded messages left out. */
+static int leader_keep(struct lwsi_rdzv *r, const char *kind, const uint8_t *frame, size_t len)
+{
+  if (r->kept == NULL) {
+    r->kept = calloc(LWSI_RDZV_APP_KEPT, sizeof(*r->kept));
+    if (r->kept == NULL)
+      return -ENOMEM;
+  }
+  uint32_t n = 0, same = LWSI_RDZV_APP_KEPT;
+  for (; n < LWSI_RDZV_APP_KEPT && r->kept[n].kind[0] != '\0'; n++)
+    if (strcmp(r->kept[n].kind, kind) == 0)
+      same = n;
+  if (same == LWSI_RDZV_APP_KEPT && n == LWSI_RDZV_APP_KEPT)
+    return 0; /* more kinds than we keep: documented */
+  uint8_t *copy = malloc(len);
+  if (copy == NULL)
+    return -ENOMEM;
+  memcpy(copy, frame, len);
+  if (same < LWSI_RDZV_APP_KEPT) {
+    free(r->kept[same].frame);
+    memmove(&r->kept[same], &r->kept[same + 1], (n - same - 1) * sizeof(*r->kept));
+    n--;
+  }
+  struct lwsi_rdzv_kept *k = &r->kept[n];
+  copy_text(k->kind, sizeof(k->kind), kind);
+  k->frame = copy;
+  k->len = len;
+  if (n + 1 < LWSI_RDZV_APP_KEPT)
+    r->kept[n + 1].kind[0] = '\0';
+  return 0;
+}
+
+int lwsi_rdzv_app_broadcast(struct lwsi_rdzv *r, const char *kind, const char *data)
+{
+  if (!lwsi_wire_kind_ok(kind) || !lwsi_wire_data_ok(data))
+    return -EINVAL;
+  if (!r->leader || r->state != LWSI_RDZV_RELEASED)
+    return -EPERM;
+  uint8_t *frame;
+  size_t len;
+  int rc = app_encode(kind, data, &frame, &len);
+  if (rc < 0)
+    return rc;
+  /* Kept first: on ENOMEM nothing has gone out, and the caller may retry. */
+  rc = leader_keep(r, kind, frame, len);
+  if (rc < 0) {
+    free(frame);
+    return rc;
+  }
+  /* Queued behind the release frame on every connection (libuv writes a
+   * stream's requests in order), so it never overtakes the release. */
+  for (uint32_t i = 1; i < r->cfg.size; i++) {
+    struct lwsi_rdzv_conn *c = r->slots[i].conn;
+    if (c == NULL || c->state != C_MEMBER || !r->slots[i].alive)
+      continue;
+    uint8_t *copy = malloc(len);
+    if (copy == NULL) {
+      mark_broken(c, -ENOMEM, "out of memory");
+      continue;
+    }
+    memcpy(copy, frame, len);
+    send_frame(c, copy, len);
+  }
+  free(frame);
+  return 0;
+}
+
+int lwsi_rdzv_app_send(struct lwsi_rdzv *r, const char *kind, const char *data)
+{
+  if (!lwsi_wire_kind_ok(kind) || !lwsi_wire_data_ok(data))
+    return -EINVAL;
+  if (r->leader || r->state != LWSI_RDZV_RELEASED)
+    return -EPERM;
+  struct lwsi_rdzv_conn *c = r->conn;
+  if (c == NULL || c->state != C_MEMBER || c->broken)
+    return -ENOTCONN;
+  uint8_t *frame;
+  size_t len;
+  int rc = app_encode(kind, data, &frame, &len);
+  if (rc < 0)
+    return rc;
+  rc = send_frame(c, frame, len);
+  if (rc == -ENOMEM)
+    return rc;
+  /* Any other failure broke the connection: the loss is reported. */
+  return rc < 0 ? -ENOTCONN : 0;
 }
 
 uint32_t lwsi_rdzv_size(const struct lwsi_rdzv *r) { return r->cfg.size; }

@@ -98,10 +98,13 @@ static void reap(struct lwsi_supervisor *sup)
       continue;
     if (pid <= 0)
       return; /* 0: none left that has exited; ECHILD: none at all. */
-    if (pid == sup->child && sup->child_running)
+    if (pid == sup->child && sup->child_running) {
       on_child_exit(sup, status);
-    else
+    } else {
       sup->reaped_others++;
+      sup->reaped_pid = pid;
+      sup->cb(sup, LWSI_SUP_REAPED, status);
+    }
   }
 }
 

@@ -1,12 +1,11 @@
 #include "lwsinit/wire.h"
 
+#include "lwsinit/crypto.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,7 +13,7 @@ static const char *const type_names[LWSI_MSG_TYPE_COUNT] = {
     [LWSI_MSG_NONE] = "?",          [LWSI_MSG_HELLO] = "hello",   [LWSI_MSG_JOIN] = "join",
     [LWSI_MSG_WELCOME] = "welcome", [LWSI_MSG_REFUSE] = "refuse", [LWSI_MSG_WAITING] = "waiting",
     [LWSI_MSG_RELEASE] = "release", [LWSI_MSG_FAIL] = "fail",     [LWSI_MSG_HB] = "hb",
-    [LWSI_MSG_LOST] = "lost",       [LWSI_MSG_BYE] = "bye",
+    [LWSI_MSG_LOST] = "lost",       [LWSI_MSG_BYE] = "bye",       [LWSI_MSG_APP] = "app",
 };
 
 const char *lwsi_wire_type_name(enum lwsi_msg_type type)
@@ -77,6 +76,22 @@ static bool text_fits(const char *s, size_t size)
 {
   return strnlen(s, size) < size && lwsi_wire_text_ok(s);
 }
+
+bool lwsi_wire_kind_ok(const char *s)
+{
+  if (s == NULL || s[0] == '\0')
+    return false;
+  size_t n = 0;
+  for (; s[n] != '\0'; n++) {
+    char c = s[n];
+    bool token = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+    if (n + 1 >= LWSI_WIRE_KIND_MAX || !token)
+      return false;
+  }
+  return true;
+}
+
+bool lwsi_wire_data_ok(const char *s) { return s != NULL && text_fits(s, LWSI_WIRE_DATA_MAX); }
 
 /* ---- encoding ---- */
 
@@ -254,6 +269,15 @@ static void encode_body(struct builder *b, const struct lwsi_msg *m)
     return;
   case LWSI_MSG_BYE:
     add_str(b, o, "reason", m->bye.reason, sizeof(m->bye.reason));
+    return;
+  case LWSI_MSG_APP:
+    if (strnlen(m->app.kind, sizeof(m->app.kind)) >= sizeof(m->app.kind) ||
+        !lwsi_wire_kind_ok(m->app.kind) || !lwsi_wire_data_ok(m->app.data)) {
+      b->err = -EINVAL;
+      return;
+    }
+    add_str(b, o, "kind", m->app.kind, sizeof(m->app.kind));
+    add_str(b, o, "data", m->app.data, LWSI_WIRE_DATA_MAX);
     return;
   case LWSI_MSG_NONE:
   case LWSI_MSG_TYPE_COUNT:
@@ -477,6 +501,22 @@ static int decode_release(const cJSON *o, struct lwsi_msg_release *rl)
   return 0;
 }
 
+static int decode_app(const cJSON *o, struct lwsi_msg_app *a)
+{
+  TRY(get_str(o, "kind", a->kind, sizeof(a->kind)));
+  if (!lwsi_wire_kind_ok(a->kind))
+    return -EBADMSG;
+  const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, "data");
+  if (!cJSON_IsString(it) || it->valuestring == NULL || !lwsi_wire_data_ok(it->valuestring))
+    return -EBADMSG;
+  size_t n = strlen(it->valuestring);
+  a->data = malloc(n + 1);
+  if (a->data == NULL)
+    return -ENOMEM;
+  memcpy(a->data, it->valuestring, n + 1);
+  return 0;
+}
+
 static int decode_body(const cJSON *o, struct lwsi_msg *m)
 {
   switch (m->type) {
@@ -520,6 +560,8 @@ static int decode_body(const cJSON *o, struct lwsi_msg *m)
     return get_str(o, "reason", m->lost.reason, sizeof(m->lost.reason));
   case LWSI_MSG_BYE:
     return get_str(o, "reason", m->bye.reason, sizeof(m->bye.reason));
+  case LWSI_MSG_APP:
+    return decode_app(o, &m->app);
   case LWSI_MSG_NONE:
   case LWSI_MSG_TYPE_COUNT:
     break;
@@ -579,6 +621,8 @@ void lwsi_msg_free(struct lwsi_msg *m)
     free(m->waiting.missing);
   else if (m->type == LWSI_MSG_RELEASE)
     free(m->release.members);
+  else if (m->type == LWSI_MSG_APP)
+    free(m->app.data);
   memset(m, 0, sizeof(*m));
 }
 
@@ -711,13 +755,10 @@ static int mac_of(const uint8_t *token, size_t token_len, struct macbuf *m, uint
     return -EINVAL;
   if (m->over)
     return -EINVAL;
-  unsigned int outlen = 0;
-  if (HMAC(EVP_sha256(), token, (int)token_len, m->b, m->n, out, &outlen) == NULL ||
-      outlen != LWSI_WIRE_MAC_LEN) {
-    OPENSSL_cleanse(out, LWSI_WIRE_MAC_LEN);
-    return -EIO;
-  }
-  return 0;
+  int rc = lwsi_crypto_hmac_sha256(token, token_len, m->b, m->n, out);
+  if (rc < 0)
+    explicit_bzero(out, LWSI_WIRE_MAC_LEN);
+  return rc;
 }
 
 int lwsi_wire_join_mac(const uint8_t *token, size_t token_len, const struct lwsi_msg_hello *hello,
@@ -756,5 +797,5 @@ int lwsi_wire_welcome_mac(const uint8_t *token, size_t token_len,
 
 bool lwsi_wire_mac_equal(const uint8_t a[LWSI_WIRE_MAC_LEN], const uint8_t b[LWSI_WIRE_MAC_LEN])
 {
-  return CRYPTO_memcmp(a, b, LWSI_WIRE_MAC_LEN) == 0;
+  return lwsi_crypto_equal(a, b, LWSI_WIRE_MAC_LEN);
 }

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "lwsinit/config.h"
+#include "lwsinit/gpurun.h"
 #include "lwsinit/http.h"
 #include "lwsinit/rdzv.h"
 #include "lwsinit/resolver.h"
@@ -46,7 +47,14 @@ struct lwsi_agent {
   struct lwsi_resolver resolver;
   struct lwsi_rdzv rdzv;
   struct lwsi_upstream upstream;
-  bool resolver_on, rdzv_on, upstream_on;
+  struct lwsi_gpurun gpu;
+  uv_timer_t gpu_deadline;
+  bool resolver_on, rdzv_on, upstream_on, gpu_on, gpu_timer_on;
+  bool gpu_verdict_ok, gpu_gone;
+  uint8_t *gpu_seen; /* leader: which ranks reported */
+  uint32_t gpu_passed;
+  char gpu_model[128];
+  uint32_t gpu_model_rank;
   char upstream_url[1024];
   char upstream_err[256];
 

@@ -14,6 +14,11 @@
 int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *child_mask,
                         pid_t *pid);
 
+/* As lwsi_launcher_spawn, with in_fd and out_fd (when >= 0) as the child's
+ * stdin and stdout. */
+int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t *child_mask,
+                           int in_fd, int out_fd, pid_t *pid);
+
 /* The exit code the contract gives a failed exec: 127 not found, else 126. */
 int lwsi_launcher_exec_code(int err);
 

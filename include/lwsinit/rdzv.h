@@ -25,6 +25,7 @@
 #define LWSI_RDZV_RETRY_MIN_MS 25   /* worker's first retry delay; doubles ... */
 #define LWSI_RDZV_RETRY_MAX_MS 1000 /* ... up to this, with jitter */
 #define LWSI_RDZV_MAX_PENDING 64    /* connections accepted but not joined */
+#define LWSI_RDZV_APP_KEPT 8        /* leader: app kinds kept for a rejoining member */
 
 struct lwsi_rdzv_config {
   uint32_t size;        /* the group, leader included: 1 or more */
@@ -92,6 +93,12 @@ enum lwsi_rdzv_ev {
    * with a bye. Leader: seen itself. Worker: relayed by the leader, or the
    * leader itself. The caller applies --on-peer-loss. */
   LWSI_RDZV_EV_LOST,
+  /* After release: an application message (lwsi_rdzv_app_broadcast,
+   * lwsi_rdzv_app_send) arrived. rank: the sender (0 is the leader), addr
+   * and pod: the sender's, kind and data: the message. Leader: from a
+   * worker; worker: from its leader, in the order sent, never before
+   * RELEASED. */
+  LWSI_RDZV_EV_APP,
 };
 
 struct lwsi_rdzv_event {
@@ -101,6 +108,11 @@ struct lwsi_rdzv_event {
   const char *pod;    /* JOINED (leader): the member's pod; else "" */
   int err;            /* a negative errno or uv error, 0 when none */
   const char *reason; /* one line, no newline, never NULL */
+  /* APP: the message's kind ([a-z0-9_], 1..32) and data (at most 8 KiB of
+   * UTF-8 without control characters); "" for every other event. Valid
+   * only during the callback. */
+  const char *kind;
+  const char *data;
 };
 
 /* The state each member reports in its heartbeats. */
@@ -126,6 +138,7 @@ struct lwsi_rdzv_member {
 struct lwsi_rdzv;
 struct lwsi_rdzv_conn;
 struct lwsi_rdzv_slot;
+struct lwsi_rdzv_kept;
 
 typedef void (*lwsi_rdzv_cb)(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev);
 /* Called before every heartbeat this agent sends; fills *out. */
@@ -184,6 +197,7 @@ struct lwsi_rdzv {
   uint32_t nmissing;
   bool heard_missing; /* worker: the leader told us */
   uint8_t *rbuf;      /* read buffer, one for all connections */
+  struct lwsi_rdzv_kept *kept; /* leader: the latest app broadcast of each kind */
 };
 
 /* Starts the leader (cfg->rank == 0: binds and listens; EADDRINUSE and the
@@ -210,6 +224,29 @@ int lwsi_rdzv_set_leader(struct lwsi_rdzv *r, const char *ip);
  * that they learn at once, stops heartbeats and retries, closes the
  * listener; no event is reported afterwards. Returns 0, or -EALREADY. */
 int lwsi_rdzv_leave(struct lwsi_rdzv *r, const char *reason);
+
+/* Application messages, after release (docs/protocol.md, "app"): the
+ * rendezvous carries them, the agent gives them meaning. kind is a token of
+ * 1..32 characters in [a-z0-9_]; data is at most 8 KiB of valid UTF-8
+ * without control characters (compact JSON, e.g. cJSON_PrintUnformatted).
+ * Messages on one connection arrive in the order sent, and after the
+ * release frame, even when sent from inside the RELEASED callback. Each
+ * arrives as LWSI_RDZV_EV_APP.
+ *
+ * Leader: to every live worker. A worker whose write fails is reported
+ * LOST, as for any frame. The leader keeps the latest broadcast of each
+ * kind (up to LWSI_RDZV_APP_KEPT kinds) and sends them again, after the
+ * release, to a member that rejoins with the same incarnation (protocol.md,
+ * Losses), so that it misses none of the latest. Returns 0, -EINVAL (a bad
+ * kind or data; checked first), -EPERM (this is a worker, or the group is
+ * not released: before release, failed, left, closed) or -ENOMEM (nothing
+ * was sent). */
+int lwsi_rdzv_app_broadcast(struct lwsi_rdzv *r, const char *kind, const char *data);
+
+/* Worker: to the leader. Returns 0, -EINVAL, -EPERM (this is the leader,
+ * or not released), -ENOTCONN (the leader is lost; LOST says so), or
+ * -ENOMEM. */
+int lwsi_rdzv_app_send(struct lwsi_rdzv *r, const char *kind, const char *data);
 
 /* Closes every handle and connection; run the loop afterwards so that
  * uv_loop_close returns 0. Safe in any state, more than once. */

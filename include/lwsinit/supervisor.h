@@ -19,6 +19,8 @@ enum lwsi_sup_event {
   LWSI_SUP_DROPPED,      /* a signal was not forwarded (no child yet); arg: the signal */
   LWSI_SUP_KILLED,       /* the grace period ran out and SIGKILL was sent */
   LWSI_SUP_CHILD_EXITED, /* the child exited; arg: its wait status */
+  LWSI_SUP_REAPED,       /* another process was reaped (sup->reaped_pid); arg: wait status.
+                          * Called from the reap path: do nothing heavy. */
 };
 
 struct lwsi_supervisor;
@@ -41,6 +43,7 @@ struct lwsi_supervisor {
   uint64_t drain_ms;
   uint64_t grace_ms;
   uint64_t reaped_others; /* orphans reaped; counted, never allocated */
+  pid_t reaped_pid;       /* the last of them */
   lwsi_sup_cb cb;
   void *data;
 };

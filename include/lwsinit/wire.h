@@ -30,6 +30,11 @@
 #define LWSI_WIRE_REASON_MAX 512
 #define LWSI_WIRE_CHILD_MAX 32
 #define LWSI_WIRE_CODE_MAX 32
+/* An application message (type "app"): kind is a token of 1..32 characters
+ * in [a-z0-9_]; data is text (valid UTF-8, no control characters, so one
+ * line of compact JSON fits) of at most 8 KiB. */
+#define LWSI_WIRE_KIND_MAX 33          /* 32 characters and the NUL */
+#define LWSI_WIRE_DATA_MAX (8192 + 1)  /* 8 KiB and the NUL */
 
 /* Ranks are 0 .. size-1; the config allows groups of up to 65536. */
 #define LWSI_WIRE_MAX_SIZE 65536
@@ -49,6 +54,7 @@ enum lwsi_msg_type {
   LWSI_MSG_HB,      /* both ways: heartbeat with the sender's state */
   LWSI_MSG_LOST,    /* leader -> workers: a member was lost after release */
   LWSI_MSG_BYE,     /* both ways: the sender is stopping */
+  LWSI_MSG_APP,     /* after release: leader -> workers, worker -> leader; the agent's own */
   LWSI_MSG_TYPE_COUNT
 };
 
@@ -124,6 +130,13 @@ struct lwsi_msg_bye {
   char reason[LWSI_WIRE_REASON_MAX];
 };
 
+/* What the rendezvous carries for the agent (e.g. the GPU check's NCCL id,
+ * results and verdict): it only checks the form. */
+struct lwsi_msg_app {
+  char kind[LWSI_WIRE_KIND_MAX];
+  char *data; /* encode: the caller's text; decode: malloc'd (lwsi_msg_free) */
+};
+
 struct lwsi_msg {
   enum lwsi_msg_type type;
   uint32_t v;
@@ -138,12 +151,20 @@ struct lwsi_msg {
     struct lwsi_msg_hb hb;
     struct lwsi_msg_lost lost;
     struct lwsi_msg_bye bye;
+    struct lwsi_msg_app app;
   };
 };
 
 /* Whether text may go on the wire: valid UTF-8 without control characters
  * (the rule the decoder enforces on every text field). */
 bool lwsi_wire_text_ok(const char *s);
+
+/* Whether s is an app message kind: 1..32 characters of [a-z0-9_]. */
+bool lwsi_wire_kind_ok(const char *s);
+
+/* Whether s may be an app message's data: at most 8 KiB of text that
+ * passes lwsi_wire_text_ok. */
+bool lwsi_wire_data_ok(const char *s);
 
 /* "hello", "join", ...; "?" for anything else. */
 const char *lwsi_wire_type_name(enum lwsi_msg_type type);
@@ -163,7 +184,7 @@ int lwsi_wire_encode(const struct lwsi_msg *m, uint8_t **frame, size_t *len);
  * so that a later version can add fields within the same "v". */
 int lwsi_wire_decode(const uint8_t *buf, size_t len, struct lwsi_msg *out);
 
-/* Frees what decode allocated (the lists), and zeroes m. */
+/* Frees what decode allocated (the lists, an app message's data), and zeroes m. */
 void lwsi_msg_free(struct lwsi_msg *m);
 
 /* Splits a byte stream into frames, whatever the pieces it arrives in. */

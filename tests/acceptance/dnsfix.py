@@ -26,6 +26,24 @@ class Dns:
         self.proc = None
 
     def start(self, deadline=5.0):
+        """Starts dnsmasq and waits until it answers a query. The free port
+        was free when picked, but anything may take it before dnsmasq binds
+        it (a resolver's random source port): then dnsmasq exits and we try
+        another port."""
+        for attempt in range(5):
+            if attempt:
+                self.port = _free_udp_port(self.listen)
+            if self._start_once(deadline):
+                return self
+        raise RuntimeError("dnsmasq did not start: %s" % self._stderr())
+
+    def _stderr(self):
+        try:
+            return self.proc.stderr.read().decode(errors="replace")
+        except Exception:
+            return ""
+
+    def _start_once(self, deadline):
         args = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
                 "--no-daemon", "--bind-interfaces", f"--listen-address={self.listen}",
                 f"--port={self.port}", f"--hostsdir={self.hosts}", "--local-ttl=0",
@@ -37,11 +55,13 @@ class Dns:
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError("dnsmasq exited: %s" % self.proc.stderr.read().decode())
-            if _udp_port_bound(self.listen, self.port):
-                return self
+                return False
+            if _answers(self.listen, self.port, "probe." + self.domain):
+                return True
             time.sleep(0.02)
-        raise RuntimeError("dnsmasq did not start within %.1fs" % deadline)
+        self.proc.kill()
+        self.proc.wait()
+        return False
 
     def fqdn(self, name):
         return f"{name}.{self.domain}"
@@ -91,6 +111,22 @@ def _free_udp_port(host):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _answers(host, port, name):
+    """Whether a DNS server on host:port answers a query for name."""
+    import socket
+    q = (b"\x4c\x57\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         + b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+         + b"\x00\x00\x01\x00\x01")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendto(q, (host, port))
+            r = s.recv(512)
+        except OSError:
+            return False
+    return len(r) >= 12 and r[:2] == b"\x4c\x57"
 
 
 def _udp_port_bound(host, port):

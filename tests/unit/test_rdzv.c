@@ -11,7 +11,7 @@
 
 #include "tap.h"
 
-#define EVN (LWSI_RDZV_EV_LOST + 1)
+#define EVN (LWSI_RDZV_EV_APP + 1)
 
 struct agent {
   struct lwsi_rdzv r;
@@ -25,6 +25,14 @@ struct agent {
   uint64_t seq[EVN];
   int too_many;    /* DROPPED: over the pending bound */
   int hs_timeouts; /* DROPPED: no join in time */
+  /* APP events: what arrived, in order. */
+  int napp;
+  char app_kind[8][40];
+  char *app_data[8]; /* malloc'd copies */
+  int64_t app_rank[8];
+  uint64_t app_seq[8];
+  /* The test's hook, run after the event is recorded. */
+  void (*hook)(struct agent *a, const struct lwsi_rdzv_event *ev);
 };
 
 static uv_loop_t loop;
@@ -32,6 +40,7 @@ static uv_timer_t wake;
 static uint64_t evseq;
 static struct agent *the_leader;
 static bool released_early; /* a release seen before the leader's last join */
+static int bad_app_fields;  /* an event with kind or data NULL, or set outside APP */
 
 static uint64_t now_ms(void)
 {
@@ -63,6 +72,16 @@ static void on_event(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
   a->last_rank[ev->type] = ev->rank;
   a->at[ev->type] = uv_now(&loop);
   a->seq[ev->type] = ++evseq;
+  if (ev->kind == NULL || ev->data == NULL ||
+      (ev->type != LWSI_RDZV_EV_APP && (ev->kind[0] != '\0' || ev->data[0] != '\0')))
+    bad_app_fields++;
+  if (ev->type == LWSI_RDZV_EV_APP && ev->kind != NULL && ev->data != NULL && a->napp < 8) {
+    snprintf(a->app_kind[a->napp], sizeof(a->app_kind[0]), "%s", ev->kind);
+    a->app_data[a->napp] = strdup(ev->data);
+    a->app_rank[a->napp] = ev->rank;
+    a->app_seq[a->napp] = evseq;
+    a->napp++;
+  }
   if (ev->type == LWSI_RDZV_EV_DROPPED && strstr(ev->reason, "too many connections") != NULL)
     a->too_many++;
   if (ev->type == LWSI_RDZV_EV_DROPPED && strstr(ev->reason, "did not join within") != NULL)
@@ -77,6 +96,8 @@ static void on_event(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
         lwsi_rdzv_joined(&l->r) != lwsi_rdzv_size(&l->r))
       released_early = true;
   }
+  if (a->hook != NULL)
+    a->hook(a, ev);
 }
 
 static void on_local(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out)
@@ -92,13 +113,20 @@ static void setup(void)
   evseq = 0;
   the_leader = NULL;
   released_early = false;
+  bad_app_fields = 0;
 }
 
 static void teardown(struct agent *agents, size_t n, const char *what)
 {
-  for (size_t i = 0; i < n; i++)
-    if (agents[i].started)
-      lwsi_rdzv_close(&agents[i].r);
+  for (size_t i = 0; i < n; i++) {
+    if (!agents[i].started)
+      continue;
+    lwsi_rdzv_close(&agents[i].r);
+    for (int k = 0; k < agents[i].napp; k++)
+      free(agents[i].app_data[k]);
+    agents[i].napp = 0;
+  }
+  TAP_OK(bad_app_fields == 0, "%s: every event has kind and data, \"\" outside APP", what);
   uv_close((uv_handle_t *)&wake, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   TAP_OK(uv_loop_close(&loop) == 0, "%s: the loop closes cleanly", what);
@@ -526,6 +554,10 @@ struct fake {
   bool refused;
   bool cut;
   char reason[LWSI_WIRE_REASON_MAX];
+  uint32_t size; /* the group size it claims: 2 unless set */
+  int napp;      /* app messages received, as "kind=data" */
+  char app[4][80];
+  bool app_before_release;
   char buf[65536 + 4];
 };
 
@@ -554,7 +586,7 @@ static void fake_hello(struct fake *f, const struct lwsi_msg_hello *h)
 {
   struct lwsi_msg m = {.type = LWSI_MSG_JOIN};
   m.join.rank = f->rank;
-  m.join.size = 2;
+  m.join.size = f->size;
   m.join.gpus = 8;
   strcpy(m.join.revision, "rev-1");
   strcpy(m.join.pod, "fake");
@@ -599,6 +631,11 @@ static void fake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     else if (m.type == LWSI_MSG_REFUSE) {
       f->refused = true;
       snprintf(f->reason, sizeof(f->reason), "%s", m.refuse.reason);
+    } else if (m.type == LWSI_MSG_APP) {
+      if (!f->released)
+        f->app_before_release = true;
+      if (f->napp < 4)
+        snprintf(f->app[f->napp++], sizeof(f->app[0]), "%s=%s", m.app.kind, m.app.data);
     }
     lwsi_msg_free(&m);
   }
@@ -617,6 +654,7 @@ static void fake_open(struct fake *f, uint16_t port, uint32_t rank, uint8_t nonc
 {
   memset(f, 0, sizeof(*f));
   f->rank = rank;
+  f->size = 2;
   memset(f->nonce, nonce_byte, sizeof(f->nonce));
   lwsi_wire_reader_init(&f->rd);
   struct sockaddr_in sa;
@@ -649,9 +687,22 @@ static void test_rejoin_after_release(void)
   fake_open(&f[0], port, 1, 0x11);
   TAP_OK(WAIT_UNTIL(f[0].released && a[0].count[LWSI_RDZV_EV_RELEASED] == 1, 2000),
          "%s: rank 1 joins and the group is released", what);
+  /* App broadcasts on the old connection: the latest of each kind is sent
+   * again to the new one, after its release. */
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[0].r, "gpu_id", "aa") == 0 &&
+             lwsi_rdzv_app_broadcast(&a[0].r, "gpu_verdict", "{}") == 0 &&
+             lwsi_rdzv_app_broadcast(&a[0].r, "gpu_id", "bb") == 0,
+         "%s: the leader broadcasts three app messages", what);
+  TAP_OK(WAIT_UNTIL(f[0].napp == 3, 2000) && strcmp(f[0].app[0], "gpu_id=aa") == 0 &&
+             strcmp(f[0].app[2], "gpu_id=bb") == 0 && !f[0].app_before_release,
+         "%s: the first connection gets them in order", what);
   fake_open(&f[1], port, 1, 0x11); /* the same incarnation, a new connection */
   TAP_OK(WAIT_UNTIL(f[1].released && f[0].cut, 2000),
          "%s: the new connection gets the release, the old one is closed", what);
+  TAP_OK(WAIT_UNTIL(f[1].napp == 2, 2000) && !f[1].app_before_release &&
+             strcmp(f[1].app[0], "gpu_verdict={}") == 0 && strcmp(f[1].app[1], "gpu_id=bb") == 0,
+         "%s: and after it the latest of each kind (%d: %s, %s)", what, f[1].napp, f[1].app[0],
+         f[1].app[1]);
   TAP_OK(a[0].count[LWSI_RDZV_EV_JOINED] == 2 && a[0].count[LWSI_RDZV_EV_LOST] == 0 &&
              strstr(a[0].last[LWSI_RDZV_EV_JOINED], "released it again") != NULL,
          "%s: reported as a rejoin, not a loss: '%s'", what, a[0].last[LWSI_RDZV_EV_JOINED]);
@@ -1004,6 +1055,299 @@ static void test_bye(void)
   teardown(a, 3, what);
 }
 
+/* ---- application messages ---- */
+
+static char gpu_id[257];
+static int early_calls, early_eperm; /* sends tried before release, and refused */
+static int on_release_rc;             /* the leader's broadcast inside its RELEASED */
+
+static void app_hook(struct agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (ev->type == LWSI_RDZV_EV_JOINED) {
+    /* Before release neither side may send. */
+    int rc = a->r.leader ? lwsi_rdzv_app_broadcast(&a->r, "gpu_id", gpu_id)
+                         : lwsi_rdzv_app_send(&a->r, "gpu_result", "{\"ok\":true}");
+    early_calls++;
+    early_eperm += rc == -EPERM;
+  }
+  /* Right after release: it must not overtake the release frame. */
+  if (ev->type == LWSI_RDZV_EV_RELEASED && a->r.leader)
+    on_release_rc = lwsi_rdzv_app_broadcast(&a->r, "gpu_id", gpu_id);
+}
+
+static bool all_napp(struct agent *a, uint32_t from, uint32_t to, int want)
+{
+  for (uint32_t i = from; i < to; i++)
+    if (a[i].napp < want)
+      return false;
+  return true;
+}
+
+/* After release the leader's message reaches every worker, each worker's
+ * reaches the leader, in order and behind the release; before release, in
+ * the wrong direction, or out of form, nothing is sent. */
+static void test_app(void)
+{
+  const char *what = "app messages";
+  for (int i = 0; i < 256; i++)
+    gpu_id[i] = "0123456789abcdef"[(i * 5 + i / 16) % 16];
+  gpu_id[256] = '\0';
+  early_calls = early_eperm = 0;
+  on_release_rc = 1;
+  setup();
+  struct agent a[4];
+  struct lwsi_rdzv_config c;
+  config(&c, 4, 0, 0);
+  c.peer_timeout_ms = 5000; /* not about losses: room for valgrind */
+  c.handshake_timeout_ms = 5000;
+  start(&a[0], &c);
+  a[0].hook = app_hook;
+  uint16_t port = lwsi_rdzv_port(&a[0].r);
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[0].r, "gpu_id", gpu_id) == -EPERM,
+         "%s: the leader cannot broadcast before release", what);
+  for (uint32_t i = 1; i < 4; i++) {
+    config(&c, 4, i, port);
+    c.peer_timeout_ms = 5000;
+    c.handshake_timeout_ms = 5000;
+    start(&a[i], &c);
+    a[i].hook = app_hook;
+    if (lwsi_rdzv_app_send(&a[i].r, "gpu_result", "{}") != -EPERM)
+      early_calls = -100;
+  }
+  TAP_OK(WAIT_UNTIL(all_count(a, 4, LWSI_RDZV_EV_RELEASED, 1), 5000), "%s: the group forms", what);
+  TAP_OK(early_calls == 6 && early_eperm == 6,
+         "%s: sends before release are -EPERM on both sides (%d of %d)", what, early_eperm,
+         early_calls);
+  TAP_OK(on_release_rc == 0, "%s: the leader broadcasts from its RELEASED callback", what);
+
+  /* The id, to every worker, after its release. */
+  bool ok = WAIT_UNTIL(all_napp(a, 1, 4, 1), 3000);
+  bool right = ok;
+  for (uint32_t i = 1; i < 4 && ok; i++)
+    if (a[i].napp != 1 || strcmp(a[i].app_kind[0], "gpu_id") != 0 ||
+        strcmp(a[i].app_data[0], gpu_id) != 0 || a[i].app_rank[0] != 0 ||
+        a[i].app_seq[0] < a[i].seq[LWSI_RDZV_EV_RELEASED] || a[i].count[LWSI_RDZV_EV_APP] != 1)
+      right = false;
+  TAP_OK(right, "%s: every worker gets 'gpu_id' with the 256 hex digits from rank 0, after its "
+                "RELEASED", what);
+  TAP_OK(a[0].napp == 0, "%s: the leader hears nothing of its own broadcast", what);
+
+  /* Wrong direction, wrong form. */
+  TAP_OK(lwsi_rdzv_app_send(&a[0].r, "gpu_result", "{}") == -EPERM,
+         "%s: the leader cannot app_send", what);
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[1].r, "gpu_id", gpu_id) == -EPERM,
+         "%s: a worker cannot broadcast", what);
+  char *big = malloc(8194);
+  memset(big, 'x', 8193);
+  big[8193] = '\0';
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[0].r, "gpu_id", big) == -EINVAL &&
+             lwsi_rdzv_app_send(&a[1].r, "gpu_result", big) == -EINVAL,
+         "%s: data over 8 KiB is -EINVAL on both sides", what);
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[0].r, "GPU", "{}") == -EINVAL &&
+             lwsi_rdzv_app_send(&a[1].r, "gpu-result", "{}") == -EINVAL &&
+             lwsi_rdzv_app_send(&a[1].r, "", "{}") == -EINVAL &&
+             lwsi_rdzv_app_send(&a[1].r, NULL, "{}") == -EINVAL &&
+             lwsi_rdzv_app_send(&a[1].r, "k", NULL) == -EINVAL &&
+             lwsi_rdzv_app_send(&a[1].r, "k", "{\n}") == -EINVAL &&
+             lwsi_rdzv_app_broadcast(&a[0].r, "k", "\x1b[31m") == -EINVAL,
+         "%s: a bad kind, NULL, or control characters are -EINVAL", what);
+
+  /* Each worker's result, to the leader. */
+  int sent = 0;
+  for (uint32_t i = 1; i < 4; i++)
+    sent += lwsi_rdzv_app_send(&a[i].r, "gpu_result", "{\"ok\":true}") == 0;
+  TAP_OK(sent == 3, "%s: every worker sends its result", what);
+  ok = WAIT_UNTIL(a[0].napp == 3, 3000);
+  int ranks = 0;
+  for (int k = 0; k < a[0].napp; k++)
+    if (strcmp(a[0].app_kind[k], "gpu_result") == 0 &&
+        strcmp(a[0].app_data[k], "{\"ok\":true}") == 0 && a[0].app_rank[k] >= 1 &&
+        a[0].app_rank[k] <= 3)
+      ranks |= 1 << a[0].app_rank[k];
+  TAP_OK(ok && ranks == 0xe && a[0].count[LWSI_RDZV_EV_APP] == 3,
+         "%s: the leader gets 3 results, from ranks 1, 2 and 3", what);
+  TAP_OK(strcmp(a[0].last[LWSI_RDZV_EV_APP], "") != 0 && a[0].last_rank[LWSI_RDZV_EV_APP] > 0,
+         "%s: with a reason for a debug line: '%s'", what, a[0].last[LWSI_RDZV_EV_APP]);
+  for (uint32_t i = 1; i < 4; i++)
+    if (a[i].napp != 1)
+      ok = false;
+  TAP_OK(ok, "%s: workers hear nothing of each other's results", what);
+
+  /* The largest data, both ways, and the verdict after the id. */
+  memset(big, '"', 8192);
+  big[8192] = '\0';
+  TAP_OK(lwsi_rdzv_app_send(&a[2].r, "big", big) == 0 &&
+             lwsi_rdzv_app_broadcast(&a[0].r, "gpu_verdict", "{\"ok\":true}") == 0 &&
+             lwsi_rdzv_app_broadcast(&a[0].r, "big", big) == 0,
+         "%s: 8 KiB of data goes both ways", what);
+  ok = WAIT_UNTIL(a[0].napp == 4 && all_napp(a, 1, 4, 3), 3000);
+  right = ok && strcmp(a[0].app_data[3], big) == 0 && a[0].app_rank[3] == 2;
+  for (uint32_t i = 1; i < 4 && ok; i++)
+    if (strcmp(a[i].app_kind[1], "gpu_verdict") != 0 ||
+        strcmp(a[i].app_data[1], "{\"ok\":true}") != 0 || strcmp(a[i].app_data[2], big) != 0)
+      right = false;
+  TAP_OK(right, "%s: it arrives intact, and in the order sent", what);
+  free(big);
+
+  /* A loss: the others still hear; a worker without its leader cannot send. */
+  lwsi_rdzv_close(&a[3].r);
+  TAP_OK(WAIT_UNTIL(a[0].count[LWSI_RDZV_EV_LOST] == 1, 2000), "%s: rank 3 is lost", what);
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[0].r, "gpu_verdict", "{\"ok\":false}") == 0 &&
+             WAIT_UNTIL(all_napp(a, 1, 3, 4), 2000),
+         "%s: a broadcast after a loss reaches those left", what);
+  TAP_OK(lwsi_rdzv_leave(&a[0].r, "SIGTERM") == 0 &&
+             lwsi_rdzv_app_broadcast(&a[0].r, "gpu_id", gpu_id) == -EPERM,
+         "%s: after leave the leader cannot broadcast", what);
+  TAP_OK(WAIT_UNTIL(a[1].count[LWSI_RDZV_EV_LOST] == 2, 2000) &&
+             lwsi_rdzv_app_send(&a[1].r, "gpu_result", "{}") == -ENOTCONN,
+         "%s: a worker that lost its leader gets -ENOTCONN", what);
+  teardown(a, 4, what);
+}
+
+/* A worker that speaks before its release breaks the protocol: its rank is
+ * free again, as for any bad frame. */
+static void test_app_before_release(void)
+{
+  const char *what = "app before release";
+  setup();
+  struct agent a[1];
+  struct lwsi_rdzv_config c;
+  config(&c, 3, 0, 0);
+  start(&a[0], &c);
+  static struct fake f;
+  fake_open(&f, lwsi_rdzv_port(&a[0].r), 1, 0x44);
+  f.size = 3;
+  TAP_OK(WAIT_UNTIL(f.joined && a[0].count[LWSI_RDZV_EV_JOINED] == 1, 2000), "%s: rank 1 joins",
+         what);
+  struct lwsi_msg m = {.type = LWSI_MSG_APP};
+  strcpy(m.app.kind, "gpu_result");
+  m.app.data = (char *)"{\"ok\":true}";
+  uint8_t *frame;
+  size_t len;
+  if (lwsi_wire_encode(&m, &frame, &len) == 0) {
+    fake_send(&f, frame, len);
+    free(frame);
+  }
+  TAP_OK(WAIT_UNTIL(a[0].count[LWSI_RDZV_EV_DEPARTED] == 1 && f.cut, 2000) &&
+             a[0].last_rank[LWSI_RDZV_EV_DEPARTED] == 1 &&
+             strstr(a[0].last[LWSI_RDZV_EV_DEPARTED], "'app' message before the release") != NULL,
+         "%s: the leader drops it: '%s'", what, a[0].last[LWSI_RDZV_EV_DEPARTED]);
+  TAP_OK(a[0].count[LWSI_RDZV_EV_APP] == 0, "%s: and reports no APP", what);
+  fake_close(&f);
+  teardown(a, 1, what);
+}
+
+/* A leader driven by hand: it welcomes whoever joins and sends an app
+ * message before any release. */
+struct fake_leader {
+  uv_tcp_t srv;
+  uv_tcp_t conn[4];
+  struct lwsi_wire_reader rd[4];
+  int nconn;
+  char buf[65536 + 4];
+};
+
+static void fl_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
+{
+  struct fake_leader *fl = h->loop->data;
+  *b = uv_buf_init(fl->buf, sizeof(fl->buf));
+}
+
+static void fl_send(uv_tcp_t *t, const struct lwsi_msg *m)
+{
+  uint8_t *frame;
+  size_t len;
+  if (lwsi_wire_encode(m, &frame, &len) < 0)
+    return;
+  uv_write_t *w = malloc(sizeof(*w));
+  w->data = frame;
+  uv_buf_t b = uv_buf_init((char *)frame, (unsigned)len);
+  uv_write(w, (uv_stream_t *)t, &b, 1, fake_written);
+}
+
+static void fl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+  struct fake_leader *fl = s->loop->data;
+  int i = (int)((uv_tcp_t *)s - fl->conn);
+  if (n < 0) {
+    uv_read_stop(s);
+    return;
+  }
+  const uint8_t *d = (const uint8_t *)b->base, *fr;
+  size_t len = (size_t)n, fln;
+  while (lwsi_wire_split(&fl->rd[i], &d, &len, &fr, &fln) == 1) {
+    struct lwsi_msg m, out;
+    if (lwsi_wire_decode(fr, fln, &m) < 0)
+      continue;
+    if (m.type == LWSI_MSG_JOIN) {
+      memset(&out, 0, sizeof(out));
+      out.type = LWSI_MSG_WELCOME;
+      out.welcome.rank = m.join.rank;
+      fl_send((uv_tcp_t *)s, &out);
+      memset(&out, 0, sizeof(out));
+      out.type = LWSI_MSG_APP;
+      strcpy(out.app.kind, "gpu_id");
+      out.app.data = gpu_id;
+      fl_send((uv_tcp_t *)s, &out);
+    }
+    lwsi_msg_free(&m);
+  }
+}
+
+static void fl_connection(uv_stream_t *srv, int status)
+{
+  struct fake_leader *fl = srv->loop->data;
+  if (status < 0 || fl->nconn == 4)
+    return;
+  uv_tcp_t *t = &fl->conn[fl->nconn];
+  lwsi_wire_reader_init(&fl->rd[fl->nconn]);
+  fl->nconn++;
+  uv_tcp_init(srv->loop, t);
+  if (uv_accept(srv, (uv_stream_t *)t) < 0)
+    return;
+  uv_read_start((uv_stream_t *)t, fl_alloc, fl_read);
+  struct lwsi_msg m = {.type = LWSI_MSG_HELLO};
+  memset(m.hello.nonce, 0x55, sizeof(m.hello.nonce));
+  memset(m.hello.challenge, 0x66, sizeof(m.hello.challenge));
+  fl_send(t, &m);
+}
+
+/* A worker that gets an app message before its release: the leader broke
+ * the protocol, handled as any bad frame (DEPARTED, reconnect). */
+static void test_app_before_release_worker(void)
+{
+  const char *what = "app to a worker before release";
+  setup();
+  static struct fake_leader fl;
+  memset(&fl, 0, sizeof(fl));
+  loop.data = &fl;
+  struct sockaddr_in sa;
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  uv_tcp_init(&loop, &fl.srv);
+  uv_tcp_bind(&fl.srv, (struct sockaddr *)&sa, 0);
+  uv_listen((uv_stream_t *)&fl.srv, 8, fl_connection);
+  int sl = sizeof(sa);
+  uv_tcp_getsockname(&fl.srv, (struct sockaddr *)&sa, &sl);
+  struct agent a[1];
+  struct lwsi_rdzv_config c;
+  config(&c, 3, 1, ntohs(sa.sin_port));
+  start(&a[0], &c);
+  TAP_OK(WAIT_UNTIL(a[0].count[LWSI_RDZV_EV_DEPARTED] >= 1, 2000) &&
+             a[0].count[LWSI_RDZV_EV_JOINED] >= 1 &&
+             strstr(a[0].last[LWSI_RDZV_EV_DEPARTED], "'app' message before the release") != NULL,
+         "%s: the worker drops the leader: '%s'", what, a[0].last[LWSI_RDZV_EV_DEPARTED]);
+  TAP_OK(a[0].count[LWSI_RDZV_EV_APP] == 0 && a[0].r.state == LWSI_RDZV_JOINING,
+         "%s: reports no APP and keeps trying", what);
+  lwsi_rdzv_close(&a[0].r);
+  for (int i = 0; i < fl.nconn; i++) {
+    lwsi_wire_reader_free(&fl.rd[i]);
+    uv_close((uv_handle_t *)&fl.conn[i], NULL);
+  }
+  uv_close((uv_handle_t *)&fl.srv, NULL);
+  teardown(a, 1, what);
+  loop.data = NULL;
+}
+
 /* Closing the module from inside its own callback is allowed. */
 static void close_on_release(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
 {
@@ -1104,6 +1448,9 @@ int main(void)
   test_loss_silent();
   test_bye();
   test_close_in_callback();
+  test_app();
+  test_app_before_release();
+  test_app_before_release_worker();
   test_bad_config();
   printf("# total %.1f s\n", (double)(uv_hrtime() - t0) / 1e9);
   return tap_done();

@@ -81,6 +81,10 @@ static void sample(enum lwsi_msg_type t, struct lwsi_msg *m)
   case LWSI_MSG_BYE:
     strcpy(m->bye.reason, "SIGTERM");
     break;
+  case LWSI_MSG_APP:
+    strcpy(m->app.kind, "gpu_result_2");
+    m->app.data = (char *)"{\"ok\":false,\"error\":\"GPU 1 \\\"H200\\\" \\\\ \u00fcn\u00efcode\"}";
+    break;
   default:
     break;
   }
@@ -135,6 +139,9 @@ static bool same(const struct lwsi_msg *a, const struct lwsi_msg *b)
     return a->lost.rank == b->lost.rank && strcmp(a->lost.reason, b->lost.reason) == 0;
   case LWSI_MSG_BYE:
     return strcmp(a->bye.reason, b->bye.reason) == 0;
+  case LWSI_MSG_APP:
+    return strcmp(a->app.kind, b->app.kind) == 0 && a->app.data != NULL && b->app.data != NULL &&
+           strcmp(a->app.data, b->app.data) == 0;
   default:
     return false;
   }
@@ -579,9 +586,119 @@ static void test_proofs(void)
   TAP_OK(lwsi_wire_mac_equal(mac, mac) && !lwsi_wire_mac_equal(mac, wmac), "mac_equal");
 }
 
+#define APP_JSON "{\"v\":1,\"type\":\"app\",\"kind\":\"k\",\"data\":\"%s\"}"
+
+/* The application message: a kind token and up to 8 KiB of text, both
+ * checked on the way out and on the way in. */
+static void test_app(void)
+{
+  struct lwsi_msg in, out;
+  uint8_t *frame;
+  size_t len;
+  char id[257];
+  for (int i = 0; i < 256; i++)
+    id[i] = "0123456789abcdef"[(i * 7) % 16];
+  id[256] = '\0';
+  memset(&in, 0, sizeof(in));
+  in.type = LWSI_MSG_APP;
+  strcpy(in.app.kind, "gpu_id");
+  in.app.data = id;
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0, "app: encode an NCCL id (256 hex)");
+  int rc = lwsi_wire_decode(frame + 4, len - 4, &out);
+  TAP_OK(rc == 0 && out.type == LWSI_MSG_APP && strcmp(out.app.kind, "gpu_id") == 0 &&
+             strcmp(out.app.data, id) == 0 && out.app.data != id,
+         "app: the id round-trips into a buffer of its own");
+  lwsi_msg_free(&out);
+  free(frame);
+
+  /* The largest data, made of the characters JSON escapes: twice its size on
+   * the wire, well within a frame. */
+  char *big = malloc(LWSI_WIRE_DATA_MAX + 1);
+  memset(big, '"', LWSI_WIRE_DATA_MAX - 1);
+  big[LWSI_WIRE_DATA_MAX - 1] = '\0';
+  in.app.data = big;
+  TAP_OK(strlen(big) == 8192 && lwsi_wire_encode(&in, &frame, &len) == 0 && len > 2 * 8192,
+         "app: 8 KiB of quotes encodes (%zu bytes)", len);
+  rc = lwsi_wire_decode(frame + 4, len - 4, &out);
+  TAP_OK(rc == 0 && strcmp(out.app.data, big) == 0, "app: 8 KiB of data round-trips");
+  lwsi_msg_free(&out);
+  free(frame);
+  big[LWSI_WIRE_DATA_MAX - 1] = '"';
+  big[LWSI_WIRE_DATA_MAX] = '\0';
+  frame = (uint8_t *)"x";
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == -EINVAL && frame == NULL,
+         "app: encode refuses data over 8 KiB");
+  TAP_OK(!lwsi_wire_data_ok(big) && lwsi_wire_data_ok("") && !lwsi_wire_data_ok(NULL),
+         "app: data_ok says the same (over 8 KiB, empty, NULL)");
+  in.app.data = (char *)"{\n}";
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == -EINVAL, "app: encode refuses a newline in data");
+  in.app.data = (char *)"\xc3\x28";
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == -EINVAL, "app: encode refuses invalid UTF-8");
+  in.app.data = NULL;
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == -EINVAL, "app: encode refuses NULL data");
+  in.app.data = (char *)"";
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0 &&
+             lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && out.app.data[0] == '\0',
+         "app: empty data round-trips");
+  lwsi_msg_free(&out);
+  free(frame);
+
+  static const char *bad_kinds[] = {"", "GPU_ID", "gpu-id", "gpu id", "gpu.id", "gpu\xc3\xa9"};
+  int refused = 0;
+  for (size_t i = 0; i < sizeof(bad_kinds) / sizeof(bad_kinds[0]); i++) {
+    strcpy(in.app.kind, bad_kinds[i]);
+    if (!lwsi_wire_kind_ok(bad_kinds[i]) && lwsi_wire_encode(&in, &frame, &len) == -EINVAL)
+      refused++;
+  }
+  TAP_OK(refused == (int)(sizeof(bad_kinds) / sizeof(bad_kinds[0])),
+         "app: kinds that are empty or outside [a-z0-9_] are refused");
+  memset(in.app.kind, 'a', sizeof(in.app.kind)); /* no NUL: 33 characters and more */
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == -EINVAL &&
+             !lwsi_wire_kind_ok("abcdefghijklmnopqrstuvwxyz0123456"),
+         "app: a kind over 32 characters is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"abcdefghijklmnopqrstuvwxyz0123456\","
+                    "\"data\":\"\"}") == -EBADMSG,
+         "app: the decoder refuses a kind over 32 characters");
+  TAP_OK(lwsi_wire_kind_ok("abcdefghijklmnopqrstuvwxyz012345") &&
+             lwsi_wire_kind_ok("gpu_verdict") &&
+             lwsi_wire_kind_ok("_9") && !lwsi_wire_kind_ok(NULL),
+         "app: a kind of 32 characters is fine");
+
+  /* The decoder, from text. */
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"k\",\"data\":\"{}\",\"x\":1}") == 0,
+         "app: a minimal message decodes (unknown fields ignored)");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"k\"}") == -EBADMSG,
+         "app: no data is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"data\":\"x\"}") == -EBADMSG,
+         "app: no kind is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"k\",\"data\":{\"ok\":true}}") ==
+             -EBADMSG,
+         "app: data as an object, not text, is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"Gpu\",\"data\":\"\"}") == -EBADMSG,
+         "app: an upper-case kind is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":7,\"data\":\"\"}") == -EBADMSG,
+         "app: a numeric kind is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"k\",\"data\":\"a\\nb\"}") ==
+             -EBADMSG,
+         "app: a newline in data is refused (log injection)");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"app\",\"kind\":\"k\",\"data\":\"\xff\"}") == -EBADMSG,
+         "app: invalid UTF-8 in data is refused");
+  char *json = malloc(LWSI_WIRE_DATA_MAX + 100);
+  memset(big, 'x', LWSI_WIRE_DATA_MAX);
+  big[LWSI_WIRE_DATA_MAX] = '\0';
+  snprintf(json, LWSI_WIRE_DATA_MAX + 100, APP_JSON, big);
+  TAP_OK(decode_str(json) == -EBADMSG, "app: data over 8 KiB is refused, not truncated");
+  big[LWSI_WIRE_DATA_MAX - 1] = '\0';
+  snprintf(json, LWSI_WIRE_DATA_MAX + 100, APP_JSON, big);
+  TAP_OK(decode_str(json) == 0, "app: data of exactly 8 KiB decodes");
+  free(json);
+  free(big);
+}
+
 int main(void)
 {
   test_round_trips();
+  test_app();
   test_encode_refuses();
   test_decode_refuses();
   test_truncated_and_mutated();

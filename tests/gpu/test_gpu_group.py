@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""The GPU check end to end (issue 5): real agents in a local group of 4,
+each running lwsinit-gpucheck against the fake CUDA/NCCL library, whose
+all-reduce really sums across the 4 processes. A failure on one node fails
+the whole group with exit 5 before any engine starts."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "acceptance"))
+import lwsitest as lt  # noqa: E402
+from test_group import Group  # noqa: E402
+
+FAKE = os.environ.get("LWSI_FAKEGPU", "")
+
+
+def fake_env(**extra):
+    env = {"LWSINIT_CUDART": FAKE, "LWSINIT_NCCL": FAKE, "FAKEGPU_DEVICES": "2"}
+    env.update(extra)
+    return env
+
+
+def run_group(t, mode, size=4, opts=(), env_for=lambda r: {}):
+    g = Group(t, size, opts=["--gpu-check", mode, "--gpus", "2", "--gpu-check-bytes", "65536",
+                             "--gpu-check-timeout", "8"] + list(opts))
+    for r in range(size):
+        g.start(r, leader="127.0.0.1", env=fake_env(**env_for(r)))
+    return g
+
+
+def t_nccl_passes(t):
+    g = run_group(t, "nccl")
+    for r in range(4):
+        g.state(r, timeout=20)
+    t.ok("passed on all 4 nodes" in g.agents[0].stderr(), "the leader says the check passed")
+    code, body = g.get(0, "/status")
+    t.eq(code, 200, "status")
+
+
+def t_nccl_wrong_sum(t):
+    g = run_group(t, "nccl", env_for=lambda r: {"FAKEGPU_FAIL": "wrong-sum",
+                                                 "FAKEGPU_FAIL_RANK": "5"})
+    for r in range(4):
+        t.agent_rc(g.agents[r], 5, timeout=20)
+        t.ok(not g.engine_started(r), "rank %d's engine never started" % r)
+    last = g.agents[0].stderr().strip().splitlines()[-1]
+    t.ok("GPU check failed on rank" in last, "the leader's line names the node: " + last)
+
+
+def t_cuda_missing_gpu(t):
+    g = run_group(t, "cuda", env_for=lambda r: {"FAKEGPU_DEVICES": "1"} if r == 2 else {})
+    for r in range(4):
+        t.agent_rc(g.agents[r], 5, timeout=20)
+    t.ok("rank 2" in g.agents[1].stderr(), "a worker names rank 2: "
+         + g.agents[1].stderr().strip().splitlines()[-1])
+
+
+def t_init_hang(t):
+    g = run_group(t, "nccl", opts=["--gpu-check-timeout", "3"],
+                  env_for=lambda r: {"FAKEGPU_FAIL": "init-hang"})
+    t0 = lt.now()
+    for r in range(4):
+        t.agent_rc(g.agents[r], 5, timeout=20)
+    took = lt.now() - t0
+    t.le(0, took, 3 + 3 * lt.SCALE, "the whole group failed %.2fs after start (deadline 3s)" % took)
+
+
+def t_models_differ(t):
+    g = run_group(t, "cuda", size=2, env_for=lambda r: {"FAKEGPU_NAME": "GPU-%d" % r})
+    for r in range(2):
+        t.agent_rc(g.agents[r], 5, timeout=20)
+    t.ok("models differ" in g.agents[0].stderr(), "the leader says the models differ")
+
+
+if not FAKE or not os.path.exists(FAKE):
+    print("1..0 # SKIP LWSI_FAKEGPU is not set (run through meson test)")
+    sys.exit(0)
+lt.main([
+    ("nccl check on a group of 4 x 2 fake GPUs passes, then the engines start", t_nccl_passes),
+    ("a wrong all-reduce sum on one node fails every node with 5", t_nccl_wrong_sum),
+    ("a node with too few GPUs fails the group with 5", t_cuda_missing_gpu),
+    ("a hung NCCL init is ended at --gpu-check-timeout", t_init_hang),
+    ("different GPU models fail the group", t_models_differ),
+])
