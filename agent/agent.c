@@ -42,8 +42,21 @@ static bool is_leader(const struct lwsi_agent *a)
   return !a->cfg->standalone && a->cfg->rank == 0;
 }
 
-/* Ends the run: every failure is one line on stderr and, where there is
- * one, in the termination log (contract, "Exit status"). */
+/* Every failure is one line on stderr and, where there is one, in the
+ * termination log (contract, "Exit status"). */
+static void report_failure(struct lwsi_agent *a, const char *why)
+{
+  snprintf(a->last_error, sizeof(a->last_error), "%s", why);
+  lwsi_log_error("%s", why);
+  const char *path = a->cfg->termination_log;
+  if (a->cfg->termination_log_given || access(path, F_OK) == 0) {
+    int rc = lwsi_termlog_write(path, why, false);
+    if (rc < 0)
+      lwsi_log_warn("cannot write the termination log %s: %s", path, strerror(-rc));
+  }
+}
+
+/* Ends the run with code; why, when given, is the failure to report. */
 static void finish(struct lwsi_agent *a, int code, const char *why)
 {
   if (a->done)
@@ -53,14 +66,7 @@ static void finish(struct lwsi_agent *a, int code, const char *why)
   if (why != NULL) {
     if (a->phase != LWSI_PHASE_STOPPING)
       set_phase(a, LWSI_PHASE_FAILED);
-    snprintf(a->last_error, sizeof(a->last_error), "%s", why);
-    lwsi_log_error("%s", why);
-    const char *path = a->cfg->termination_log;
-    if (a->cfg->termination_log_given || access(path, F_OK) == 0) {
-      int rc = lwsi_termlog_write(path, why, false);
-      if (rc < 0)
-        lwsi_log_warn("cannot write the termination log %s: %s", path, strerror(-rc));
-    }
+    report_failure(a, why);
   }
   uv_stop(&a->loop);
 }
@@ -79,9 +85,8 @@ static void stop_for_group(struct lwsi_agent *a, int code, const char *why)
   if (a->sup.child_running) {
     if (a->stop_exit_code == 0) {
       a->stop_exit_code = code;
-      snprintf(a->last_error, sizeof(a->last_error), "%s", why);
-      lwsi_log_error("%s; stopping the engine (grace %llu ms)", why,
-                     (unsigned long long)a->cfg->grace_ms);
+      report_failure(a, why);
+      lwsi_log_info("stopping the engine (grace %llu ms)", (unsigned long long)a->cfg->grace_ms);
       set_phase(a, LWSI_PHASE_STOPPING);
       lwsi_upstream_close(&a->upstream);
       lwsi_supervisor_stop(&a->sup, SIGTERM, false);

@@ -282,7 +282,7 @@ def t_kill_worker(t):
     and exits 6, naming the lost rank."""
     g = Group(t, 4, opts=["--heartbeat", "100", "--peer-timeout", "1000", "--grace", "2"])
     for r in range(4):
-        g.start(r, leader="127.0.0.1")
+        g.start(r, leader="127.0.0.1", opts=["--termination-log", t.path("term-%d" % r)])
     g.wait_ready()
     g.wait_engines()
     t0 = lt.now()
@@ -292,6 +292,9 @@ def t_kill_worker(t):
     took = lt.now() - t0
     t.le(0, took, 3 * lt.SCALE, "the group stopped %.3fs after the kill" % took)
     t.ok("rank 2" in g.agents[0].stderr(), "the leader names rank 2")
+    term = open(t.path("term-0")).read()
+    t.ok("rank 2" in term and term.count("\n") == 1,
+         "the termination log holds the reason: %r" % term)
     for r in (0, 1, 3):
         t.ok("TERM" in open(t.path("sig-%d" % r)).read(), "rank %d's engine was stopped" % r)
 
