@@ -358,6 +358,22 @@ def t_readiness_and_status(t):
     t.ok("[-]members" in body, "the leader names the members check: " + body)
 
 
+def t_leader_restarts_before_release(t):
+    """A leader killed before the group formed: the waiting worker keeps
+    trying and joins the restarted leader (a new incarnation)."""
+    g = Group(t, 3)
+    first = g.start(0, leader="127.0.0.1")
+    w1 = g.start(1, leader="127.0.0.1")
+    lt.wait_for(lambda: "joined the leader" in w1.stderr(), 10, "rank 1 to join")
+    first.kill(signal.SIGKILL)
+    t.agent_rc(first, 137 if first.pid1 else -9, timeout=5)
+    g.start(0, leader="127.0.0.1")
+    g.start(2, leader="127.0.0.1")
+    g.wait_ready(timeout=15)
+    t.ok(w1.running(), "rank 1 is part of the new group")
+    t.eq(lt.read_state(t.path("state-1")).get("env.LWSINIT_RANK"), "1", "rank 1's engine ran")
+
+
 def t_group_of_16(t):
     g = Group(t, 16)
     for r in range(16):
@@ -383,5 +399,6 @@ if __name__ == "__main__":
       ("a stopped worker is lost after --peer-timeout", t_stop_worker),
       ("--on-peer-loss stay marks the group unready", t_stay_policy),
       ("readiness, status and metrics of a group", t_readiness_and_status),
+      ("a leader restarted before release is joined again", t_leader_restarts_before_release),
       ("a group of 16 forms", t_group_of_16),
   ])
