@@ -314,6 +314,8 @@ static void on_check(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
 {
   struct lwsi_agent *a = r->data;
   const struct lwsi_config *cfg = a->cfg;
+  if (a->done)
+    return; /* The group's outcome is decided: the rest is noise. */
   switch (ev) {
   case LWSI_GPURUN_ID:
     if (a->rdzv_on && cfg->size > 1)

@@ -371,7 +371,7 @@ def t_leader_restarts_before_release(t):
     g.start(2, leader="127.0.0.1")
     g.wait_ready(timeout=15)
     t.ok(w1.running(), "rank 1 is part of the new group")
-    t.eq(lt.read_state(t.path("state-1")).get("env.LWSINIT_RANK"), "1", "rank 1's engine ran")
+    t.eq(g.state(1).get("env.LWSINIT_RANK"), "1", "rank 1's engine ran")
 
 
 def t_group_of_16(t):

@@ -42,8 +42,9 @@ def t_nccl_wrong_sum(t):
     for r in range(4):
         t.agent_rc(g.agents[r], 5, timeout=20)
         t.ok(not g.engine_started(r), "rank %d's engine never started" % r)
-    last = g.agents[0].stderr().strip().splitlines()[-1]
-    t.ok("GPU check failed on rank" in last, "the leader's line names the node: " + last)
+    errors = [l for l in g.agents[0].stderr().splitlines() if " error: " in l]
+    t.eq(len(errors), 1, "the leader reports one failure line")
+    t.ok("GPU check failed on rank" in errors[0], "it names the node: " + errors[0])
 
 
 def t_cuda_missing_gpu(t):
