@@ -310,6 +310,19 @@ static void leader_result(struct lwsi_agent *a, uint32_t rank, bool ok, const ch
   }
 }
 
+/* A worker's result, to the leader. */
+static void send_check_result(struct lwsi_agent *a, bool ok, const char *error, const char *model)
+{
+  char data[1024];
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", ok);
+  cJSON_AddStringToObject(o, "error", error);
+  cJSON_AddStringToObject(o, "model", model);
+  if (cJSON_PrintPreallocated(o, data, sizeof(data), 0))
+    lwsi_rdzv_app_send(&a->rdzv, "gpu_result", data);
+  cJSON_Delete(o);
+}
+
 static void on_check(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
 {
   struct lwsi_agent *a = r->data;
@@ -336,16 +349,7 @@ static void on_check(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
       }
       return;
     }
-    {
-      char data[1024];
-      cJSON *o = cJSON_CreateObject();
-      cJSON_AddBoolToObject(o, "ok", r->ok);
-      cJSON_AddStringToObject(o, "error", r->error);
-      cJSON_AddStringToObject(o, "model", r->model);
-      if (cJSON_PrintPreallocated(o, data, sizeof(data), 0))
-        lwsi_rdzv_app_send(&a->rdzv, "gpu_result", data);
-      cJSON_Delete(o);
-    }
+    send_check_result(a, r->ok, r->error, r->model);
     if (!r->ok) {
       char why[700];
       snprintf(why, sizeof(why), "the GPU check failed on rank %u: %s", cfg->rank, r->error);
@@ -358,10 +362,13 @@ static void on_check(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
       char why[400];
       snprintf(why, sizeof(why), "the GPU check on rank %u ended without a result (status %d)",
                cfg->rank, lwsi_supervisor_exit_code(r->status));
-      if (cfg->rank == 0 || cfg->standalone)
+      if (cfg->rank == 0 || cfg->standalone) {
         leader_result(a, cfg->rank, false, why, "");
-      else
+      } else {
+        /* The leader must learn why, or it would see only a lost member. */
+        send_check_result(a, false, why, "");
         check_failed(a, why);
+      }
       return;
     }
     check_maybe_launch(a);

@@ -121,20 +121,27 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   return 0;
 }
 
-/* An argument that spells this pod's rank, alone or after '=', is the
- * rank-dependent part that Kubernetes expanded from $(LWS_WORKER_INDEX). */
-static bool is_rank_arg(const char *a, const char *rank)
+/* An argument that could spell a rank, alone or after '=': a number from 0
+ * to size-1. Kubernetes expands $(LWS_WORKER_INDEX) into such arguments,
+ * different on every rank; leaving out every such number (not only this
+ * pod's own rank) keeps the digest the same on all ranks for the same
+ * template. */
+static bool is_rank_arg(const char *a, unsigned size)
 {
   const char *eq = strrchr(a, '=');
-  return strcmp(a, rank) == 0 || (eq != NULL && strcmp(eq + 1, rank) == 0);
+  const char *v = eq != NULL ? eq + 1 : a;
+  if (*v == '\0' || strlen(v) > 6 || (v[0] == '0' && v[1] != '\0'))
+    return false;
+  for (const char *p = v; *p != '\0'; p++)
+    if (*p < '0' || *p > '9')
+      return false;
+  return (unsigned)atoi(v) < size;
 }
 
 int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32])
 {
-  char rank[16];
   uint16_t dp = 0;
   bool has_dp = lwsi_config_dist_port(cfg, &dp);
-  snprintf(rank, sizeof(rank), "%u", cfg->rank);
   /* The input in one buffer, each argument length-prefixed so that
    * ["ab","c"] and ["a","bc"] differ. */
   size_t cap = 64;
@@ -146,7 +153,7 @@ int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32])
   size_t n = (size_t)snprintf(buf, cap, "lwsinit-cmd-v1\n%s\n%u\n",
                               lwsi_config_preset_name(cfg->preset), has_dp ? dp : 0);
   for (int i = 0; i < cfg->argc; i++) {
-    const char *a = is_rank_arg(cfg->argv[i], rank) ? "{rank}" : cfg->argv[i];
+    const char *a = is_rank_arg(cfg->argv[i], cfg->size) ? "{rank}" : cfg->argv[i];
     n += (size_t)snprintf(buf + n, cap - n, "%zu:%s", strlen(a), a);
   }
   int rc = lwsi_crypto_sha256(buf, n, out);

@@ -642,6 +642,11 @@ static int check_cross(struct lwsi_config *cfg, const struct source *src, char *
       strncmp(cfg->upstream, "http://", 7) != 0 && strncmp(cfg->upstream, "https://", 8) != 0)
     return fail(err, errlen, "%s: '%s' is not valid: expected an http:// URL or 'none'",
                 src[O_UPSTREAM].label, src[O_UPSTREAM].text);
+  /* One NCCL communicator over every GPU of the group needs each node's
+   * count to lay out the ranks (docs/gpucheck.md, "Ranks"). */
+  if (cfg->gpu_check == LWSI_GPU_CHECK_NCCL && cfg->gpus == 0 && cfg->size > 1)
+    return fail(err, errlen, "%s: 'nccl' in a group needs --gpus N (the GPUs on each node)",
+                src[O_GPU_CHECK].label);
   if (src[O_DP_LOCAL].set && cfg->preset != LWSI_PRESET_VLLM_DP)
     return fail(err, errlen, "%s: '%s' is only used with --preset vllm-dp", src[O_DP_LOCAL].label,
                 src[O_DP_LOCAL].text);

@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(
   gcc meson ninja-build pkg-config
   libuv1-dev libc-ares-dev libcjson-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev
-  python3 dnsmasq-base iproute2 util-linux procps valgrind
+  python3 dnsmasq-base iproute2 util-linux procps valgrind scdoc
 )
 
 missing=()

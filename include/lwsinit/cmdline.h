@@ -26,8 +26,9 @@ unsigned lwsi_cmdline_dp_local(const struct lwsi_config *cfg);
 
 /* SHA-256 over what must be the same on every rank: the preset, the engine
  * port, and COMMAND as written, with placeholders unexpanded and arguments
- * that spell this pod's own rank (as `$(LWS_WORKER_INDEX)` expands to) left
- * out. Returns 0 or a negative errno. */
+ * that could spell a rank (a number below the group size, alone or after
+ * '=', as `$(LWS_WORKER_INDEX)` expands to) left out on every rank alike.
+ * Returns 0 or a negative errno. */
 int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32]);
 
 #endif

@@ -95,5 +95,14 @@ int main(void)
   setup(a1, 5, "vllm");
   lwsi_cmdline_digest(&cfg, d3);
   TAP_OK(memcmp(d1, d3, 32) != 0, "a different preset changes the digest");
+  /* The same template on the leader (rank 0) and a worker: a literal 0
+   * (a seed) must not read as the leader's rank on one side only. */
+  char *s0[] = {"engine", "--seed", "0", "--node-rank", "2"};
+  char *s1[] = {"engine", "--seed", "0", "--node-rank", "1"};
+  setup(s0, 5, NULL);
+  lwsi_cmdline_digest(&cfg, d1);
+  setup(s1, 5, NULL);
+  lwsi_cmdline_digest(&cfg, d2);
+  TAP_OK(memcmp(d1, d2, 32) == 0, "numbers below the group size are left out on every rank");
   return tap_done();
 }

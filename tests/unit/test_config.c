@@ -72,6 +72,7 @@ static const struct bad_case bad_cases[] = {
   {{"echo", "{dist_port}"}, {NULL}, {"{dist_port}", "--dist-port"}},
   {{"--status-socket", "", "true"}, {NULL}, {"--status-socket", "empty"}},
   {{"--preset", "vllm-dp", "vllm", "serve"}, {NULL}, {"vllm-dp", "--dp-local"}},
+  {{"--gpu-check", "nccl", "true"}, {"LWS_LEADER_ADDRESS=l", "LWS_GROUP_SIZE=2", "LWS_WORKER_INDEX=0"}, {"--gpu-check", "--gpus"}},
 };
 
 static int parse(const char *const *args, const char *const *env, struct lwsi_config *cfg,
