@@ -641,6 +641,58 @@ static void start_rdzv(struct lwsi_agent *a)
   }
 }
 
+/* While the group forms, the leader's name is looked up again every 2 s:
+ * a leader pod recreated before the release may come back at a new IP,
+ * which workers that resolved the old one would never reach. */
+#define LWSI_RERESOLVE_MS 2000
+
+static void on_reresolved(struct lwsi_resolver *res, int status)
+{
+  struct lwsi_agent *a = res->data;
+  if (status < 0 || a->rdzv.state != LWSI_RDZV_JOINING || strcmp(res->ip, a->leader_ip) == 0)
+    return;
+  lwsi_log_info("the leader '%s' now resolves to %s (was %s); connecting there", a->cfg->leader,
+                res->ip, a->leader_ip);
+  snprintf(a->leader_ip, sizeof(a->leader_ip), "%s", res->ip);
+  int rc = lwsi_rdzv_set_leader(&a->rdzv, a->leader_ip);
+  if (rc < 0)
+    lwsi_log_debug("cannot move to the new leader address: %s", strerror(-rc));
+}
+
+static void on_reresolve_tick(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  struct lwsi_resolver *res = &a->reresolver;
+  if (!a->rdzv_on || a->rdzv.state != LWSI_RDZV_JOINING) {
+    uv_timer_stop(t);
+    return;
+  }
+  if (res->state == LWSI_RESOLVER_DONE) {
+    lwsi_resolver_close(res); /* closes on this loop turn; start on the next tick */
+    return;
+  }
+  if (res->state != LWSI_RESOLVER_IDLE && res->state != LWSI_RESOLVER_CLOSED)
+    return;
+  const struct lwsi_config *cfg = a->cfg;
+  struct lwsi_resolver_opts opts = {
+    .dns_server = cfg->has_dns_server ? cfg->dns_server.host : NULL,
+    .dns_port = cfg->has_dns_server ? cfg->dns_server.port : 0,
+    .timeout_ms = LWSI_RERESOLVE_MS - 500,
+  };
+  res->data = a;
+  a->reresolver_on = true;
+  if (lwsi_resolver_start(res, &a->loop, cfg->leader, &opts, on_reresolved, NULL) < 0)
+    uv_timer_stop(t);
+}
+
+static void start_reresolving(struct lwsi_agent *a)
+{
+  uv_timer_init(&a->loop, &a->reresolve_timer);
+  a->reresolve_timer.data = a;
+  a->reresolve_timer_on = true;
+  uv_timer_start(&a->reresolve_timer, on_reresolve_tick, LWSI_RERESOLVE_MS, LWSI_RERESOLVE_MS);
+}
+
 static void on_resolved(struct lwsi_resolver *res, int status)
 {
   struct lwsi_agent *a = res->data;
@@ -655,9 +707,14 @@ static void on_resolved(struct lwsi_resolver *res, int status)
     return;
   }
   snprintf(a->leader_ip, sizeof(a->leader_ip), "%s", res->ip);
-  lwsi_log_info("the leader '%s' is %s (after %u %s)", a->cfg->leader, a->leader_ip,
-                res->attempts, res->attempts == 1 ? "try" : "tries");
+  if (res->literal)
+    lwsi_log_info("the leader is %s", a->leader_ip);
+  else
+    lwsi_log_info("the leader '%s' is %s (after %u %s)", a->cfg->leader, a->leader_ip,
+                  res->attempts, res->attempts == 1 ? "try" : "tries");
   start_rdzv(a);
+  if (!res->literal && !a->done)
+    start_reresolving(a);
 }
 
 static void on_resolve_progress(struct lwsi_resolver *res)
@@ -853,6 +910,10 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
     lwsi_rdzv_close(&a->rdzv);
   if (a->resolver_on)
     lwsi_resolver_close(&a->resolver);
+  if (a->reresolver_on)
+    lwsi_resolver_close(&a->reresolver);
+  if (a->reresolve_timer_on)
+    uv_close((uv_handle_t *)&a->reresolve_timer, NULL);
   lwsi_upstream_close(&a->upstream);
   if (a->gpu_on)
     lwsi_gpurun_close(&a->gpu);

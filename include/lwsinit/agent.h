@@ -45,6 +45,9 @@ struct lwsi_agent {
   struct lwsi_http_server http;
   struct lwsi_http_probes probes;
   struct lwsi_resolver resolver;
+  struct lwsi_resolver reresolver; /* the leader's name again, while joining */
+  uv_timer_t reresolve_timer;
+  bool reresolver_on, reresolve_timer_on;
   struct lwsi_rdzv rdzv;
   struct lwsi_upstream upstream;
   struct lwsi_gpurun gpu;

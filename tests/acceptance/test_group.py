@@ -19,6 +19,7 @@ import urllib.request
 
 import dnsfix
 import lwsitest as lt
+import netfix
 
 LEADER_NAME = "sglang-0.sglang.default"  # an LWS leader address: not an FQDN
 
@@ -374,6 +375,29 @@ def t_leader_restarts_before_release(t):
     t.eq(g.state(1).get("env.LWSINIT_RANK"), "1", "rank 1's engine ran")
 
 
+def t_leader_moves_before_release(t):
+    """The leader's record changes while the group forms (a recreated
+    leader pod at a new IP): waiting workers look the name up again and
+    connect to the new address."""
+    if not netfix.netns_available():
+        raise lt.Skip("no network namespaces here (ip netns)")
+    with dnsfix.Dns() as dns, netfix.Netns() as ns:
+        g = Group(t, 2, dns=dns)
+        # The old pod's address: a host of the test's own, where nothing
+        # listens (connections are refused), unlike any 127/8 address,
+        # which would reach the new leader listening on all addresses.
+        dns.add(LEADER_NAME, ns.ns_ip)
+        w = g.start(1)
+        lt.wait_for(lambda: "is %s" % ns.ns_ip in w.stderr(), 10,
+                    "the worker to resolve the old IP")
+        dns.add(LEADER_NAME, g.ip(0))
+        g.start(0)
+        lt.wait_for(lambda: "now resolves to %s" % g.ip(0) in w.stderr(), 10,
+                    "the worker to find the new address")
+        g.wait_ready(timeout=15)
+        t.eq(g.state(1).get("env.LWSINIT_LEADER_IP"), g.ip(0), "the engine got the new leader IP")
+
+
 def t_group_of_16(t):
     g = Group(t, 16)
     for r in range(16):
@@ -400,5 +424,7 @@ if __name__ == "__main__":
       ("--on-peer-loss stay marks the group unready", t_stay_policy),
       ("readiness, status and metrics of a group", t_readiness_and_status),
       ("a leader restarted before release is joined again", t_leader_restarts_before_release),
+      ("a leader that moves before release is found at its new IP",
+       t_leader_moves_before_release),
       ("a group of 16 forms", t_group_of_16),
   ])
