@@ -105,9 +105,14 @@ int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t 
   return 0;
 }
 
+/* The variables the agent sets for its child (replacing stale ones), and
+ * LWSINIT_TOKEN, which it removes: the group's secret is the agent's, and
+ * an engine's environment is readable by anything that can read its
+ * /proc/PID/environ or dumps it in a crash report (docs/security.md). */
 static bool is_ours(const char *kv)
 {
-  static const char *const names[] = {"LWSINIT_LEADER_IP=", "LWSINIT_RANK=", "LWSINIT_SIZE="};
+  static const char *const names[] = {"LWSINIT_LEADER_IP=", "LWSINIT_RANK=", "LWSINIT_SIZE=",
+                                      "LWSINIT_TOKEN="};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (strncmp(kv, names[i], strlen(names[i])) == 0)
       return true;

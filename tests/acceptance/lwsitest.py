@@ -45,7 +45,13 @@ VALGRIND = shutil.which("valgrind")
 
 # Deadlines (never lower bounds) stretch under sanitizers: ASan makes the
 # agent several times slower to start, and the tests share two CPUs.
-SCALE = float(os.environ.get("LWSITEST_SCALE", "3" if SANITIZED else "1"))
+# LWSITEST_VALGRIND=1 (scripts/valgrind-acceptance.sh) runs every agent a
+# test starts under valgrind's memcheck; a memory error or a definite or
+# indirect leak in any of them fails the test that started it.
+VALGRIND_ALL = (os.environ.get("LWSITEST_VALGRIND") == "1" and not SANITIZED
+                and VALGRIND is not None)
+SCALE = float(os.environ.get("LWSITEST_SCALE",
+                             "3" if SANITIZED else ("6" if VALGRIND_ALL else "1")))
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -457,6 +463,13 @@ class Case:
         if pid1 and SANITIZED and not _lsan_works_as_pid1():
             env["ASAN_OPTIONS"] = with_option(env.get("ASAN_OPTIONS", ""), "detect_leaks=0")
         cmd = ([TESTCHILD] + list(command)) if testchild else list(command)
+        if VALGRIND_ALL and not wrapper:
+            # No --error-exitcode: the agent's own exit status is what the
+            # tests check; the findings are read from the log at the end.
+            wrapper = [VALGRIND, "-q", "--leak-check=full",
+                       "--errors-for-leak-kinds=definite,indirect",
+                       "--show-leak-kinds=definite,indirect", "--track-fds=no", "--vgdb=no",
+                       "--log-file=" + self.path("valgrind-%d.%%p.log" % n)]
         argv = list(wrapper) + [LWSINIT] + list(opts) + ["--"] + cmd
         if pid1:
             # --kill-child: if unshare goes, its child (our PID 1) goes, and
@@ -471,6 +484,22 @@ class Case:
         return a
 
     # -- the end of a test
+    def _valgrind_logs(self):
+        """What valgrind (-q: errors and leaks only) wrote for this test's
+        agents; empty when it found nothing."""
+        out = []
+        try:
+            names = sorted(os.listdir(self.tmp))
+        except FileNotFoundError:
+            return ""
+        for name in names:
+            if name.startswith("valgrind-") and name.endswith(".log"):
+                with open(os.path.join(self.tmp, name), errors="replace") as f:
+                    text = f.read().strip()
+                if text:
+                    out.append("%s:\n%s" % (name, text))
+        return "\n".join(out)
+
     def cleanup(self):
         """Kills and reaps everything this test left: first the processes
         it started (under unshare, killing PID 1 ends the namespace), then
@@ -508,6 +537,7 @@ class Case:
                     except ChildProcessError:
                         pass
             time.sleep(0.01)
+        self.valgrind_findings = self._valgrind_logs()
         if os.environ.get("LWSITEST_KEEP"):
             self.note("kept " + self.tmp)
         else:
@@ -611,6 +641,8 @@ def main(tests):
                 left = 0
                 case.note("cleanup failed: " + traceback.format_exc())
         took = now() - t0
+        if status == "ok" and getattr(case, "valgrind_findings", ""):
+            status, why = "not ok", "valgrind:\n" + case.valgrind_findings
         if status == "ok":
             print("ok %d - %s" % (n, name))
         elif status == "skip":

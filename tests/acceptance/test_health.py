@@ -57,7 +57,9 @@ def t_probes_fast_with_engine_hung(t):
             r.read()
             t.eq(r.status, 200, "readyz")
         worst = max(worst, time.monotonic() - t0)
-    t.le(0, worst, 0.05 * lt.SCALE, "the slowest of 200 probes took %.1f ms" % (worst * 1e3))
+    # Under valgrind (SCALE 6) the agent runs ~20x slower than native.
+    bound = 0.05 * lt.SCALE * (2 if lt.VALGRIND_ALL else 1)
+    t.le(0, worst, bound, "the slowest of 200 probes took %.1f ms" % (worst * 1e3))
     os.kill(child, signal.SIGCONT)
 
 

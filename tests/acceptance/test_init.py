@@ -21,6 +21,10 @@ def t_exit_codes_all(t):
     # All 256 statuses, plainly (PID 1 adds nothing to the status path and
     # costs an unshare each), PARALLEL agents at a time.
     pending = list(range(256))
+    if lt.VALGRIND_ALL:
+        # Under valgrind each agent costs seconds: every 17th status and the
+        # edges still cross the whole status path.
+        pending = sorted(set(range(0, 256, 17)) | {1, 2, 126, 127, 128, 129, 254, 255})
     running = []
     wrong = []
     while pending or running:
@@ -163,7 +167,13 @@ def t_descriptors(t):
             st = t.path("state-%d" % pid1)
             a = t.agent(["state", st], pid1=pid1, fds={5: w})
             s = state_of(t, a, st)
-            t.eq(s["fds"], "0,1,2,5", "the child's open descriptors (pid1=%s)" % pid1)
+            fds = s["fds"]
+            if lt.VALGRIND_ALL:
+                # valgrind's own log descriptor and its pipes reach the
+                # child (it opens them without O_CLOEXEC); the agent's are
+                # checked in the plain run.
+                fds = ",".join(x for x in fds.split(",") if int(x) <= 2 or int(x) == 5)
+            t.eq(fds, "0,1,2,5", "the child's open descriptors (pid1=%s)" % pid1)
             t.eq(s["fd5"], "pipe:[%d]" % ino, "fd 5 is the pipe we passed")
     finally:
         os.close(r)
@@ -194,6 +204,7 @@ def t_placeholders_standalone(t):
     args = ["state", st, "{leader}", "{leader_ip}", "{size}", "{rank}",
             "--addr={leader_ip}:80", "{{rank}}", "{}", "{ rank }", "{Rank}", "{"]
     a = t.agent(args, pid1=True, extra_env={"LWSINIT_LEADER_IP": "10.9.9.9",
+                                           "LWSINIT_TOKEN": "not-for-the-engine",
                                            "TESTCHILD_KEEP": "yes"})
     s = state_of(t, a, st)
     got = [s["argv%d" % i] for i in range(3, int(s["argc"]))]
@@ -204,6 +215,7 @@ def t_placeholders_standalone(t):
     t.eq(s.get("env.LWSINIT_RANK"), "0", "LWSINIT_RANK")
     t.eq(s.get("env.LWSINIT_SIZE"), "1", "LWSINIT_SIZE")
     t.eq(s.get("env.TESTCHILD_KEEP"), "yes", "the rest of the environment is inherited")
+    t.eq(s.get("env.LWSINIT_TOKEN"), None, "the token is not passed on to the engine")
 
 
 def t_json_argument(t):

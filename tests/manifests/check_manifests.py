@@ -527,6 +527,14 @@ def check_service(name, doc, lws_docs):
             templates.append((key, t))
     if not templates:
         errs.append(f"selector {sel} matches no template")
+    # LWS names its headless Service (the one behind LWS_LEADER_ADDRESS)
+    # after the LeaderWorkerSet and skips creating it when a Service of
+    # that name exists: ours would leave the workers without a leader.
+    svc = doc.get("metadata", {}).get("name")
+    for d in lws_docs:
+        if d.get("metadata", {}).get("name") == svc:
+            errs.append(f"the Service is named like LeaderWorkerSet {svc!r}, whose headless "
+                        "Service LWS creates under that name")
     for p in (doc.get("spec") or {}).get("ports") or []:
         tp = p.get("targetPort", p.get("port"))
         for key, t in templates:
@@ -537,7 +545,7 @@ def check_service(name, doc, lws_docs):
                         found = True
             if not found:
                 errs.append(f"targetPort {tp!r} is not declared in the {key}")
-    tap(not errs, f"{where}: targetPorts exist in the pods it selects", "\n".join(errs))
+    tap(not errs, f"{where}: its name is not the LWS's, its targetPorts exist in the pods it selects", "\n".join(errs))
 
 
 def main():
