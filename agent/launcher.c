@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 int lwsi_launcher_exec_code(int err)
@@ -32,6 +33,26 @@ static ssize_t read_full(int fd, void *buf, size_t len)
   return (ssize_t)got;
 }
 
+/* The descriptor limit the agent was started with, given back to the
+ * child when lwsi_launcher_raise_nofile raised ours. */
+static struct rlimit child_nofile;
+static bool child_nofile_set;
+
+int lwsi_launcher_raise_nofile(void)
+{
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+    return -errno;
+  if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= rl.rlim_max)
+    return 0;
+  struct rlimit raised = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+  if (setrlimit(RLIMIT_NOFILE, &raised) < 0)
+    return -errno;
+  child_nofile = rl;
+  child_nofile_set = true;
+  return 0;
+}
+
 /* Runs in the child between fork and exec; only async-signal-safe calls. */
 static __attribute__((noreturn)) void child_exec(char *const *argv, char *const *envp,
                                                  const sigset_t *mask, int errfd, int in_fd,
@@ -53,6 +74,10 @@ static __attribute__((noreturn)) void child_exec(char *const *argv, char *const 
    * blocked here, so tcsetpgrp(3) cannot stop us. */
   if (isatty(STDIN_FILENO))
     tcsetpgrp(STDIN_FILENO, getpgrp());
+  /* The engine gets the limit we were given, not the one we raised: a
+   * program may size tables by it, or still use select(2). */
+  if (child_nofile_set)
+    setrlimit(RLIMIT_NOFILE, &child_nofile);
   sigprocmask(SIG_SETMASK, mask, NULL);
   execvpe(argv[0], argv, envp);
   int e = errno;

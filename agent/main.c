@@ -1,6 +1,7 @@
 /* lwsinit: PID 1 and group agent for LeaderWorkerSet pods. */
 #include "lwsinit/agent.h"
 #include "lwsinit/config.h"
+#include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
 #include "lwsinit/probe_client.h"
 #include "lwsinit/status.h"
@@ -89,6 +90,9 @@ int main(int argc, char **argv)
   }
 
   lwsi_log_setup(cfg.log_format, cfg.log_level, (int)cfg.rank);
+  /* Best effort: at the soft limit we started with, the agent still works,
+   * only with fewer connections (each accept failure is logged). */
+  (void)lwsi_launcher_raise_nofile();
   static struct lwsi_agent agent;
   return lwsi_agent_run(&agent, &cfg, environ, &orig);
 }

@@ -16,7 +16,8 @@
 /* After a refusal the leader waits this long for the worker to read the
  * reason and close, so that the reason is not lost to a reset. */
 #define DRAIN_MS 1000
-#define LISTEN_BACKLOG 511
+/* A whole group may connect at once; listen(2) caps this at somaxconn. */
+#define LISTEN_BACKLOG 4096
 #define TOKEN_MAX 4096
 
 enum conn_state {
@@ -557,11 +558,29 @@ static void leader_send_all(struct lwsi_rdzv *r, const struct lwsi_msg *m)
   free(frame);
 }
 
+/* The waiting list goes to every joined worker, so one per join would be
+ * O(size^2) frames while a large group forms (docs/design.md, scaling):
+ * it goes out at most every LWSI_RDZV_WAITING_MS, with the latest list. It
+ * only informs (workers show it), so its lag costs nothing. */
+#define LWSI_RDZV_WAITING_MS 200
+
 static void leader_broadcast_waiting(struct lwsi_rdzv *r)
 {
-  r->notify_waiting = false;
-  if (r->state != LWSI_RDZV_JOINING)
+  if (r->state != LWSI_RDZV_JOINING) {
+    r->notify_waiting = false;
     return;
+  }
+  uint64_t now = uv_now(r->loop);
+  if (r->waiting_sent && now - r->waiting_at < LWSI_RDZV_WAITING_MS) {
+    /* Still due: the defer timer brings us back when the interval ends
+     * (an earlier schedule_defer only makes us check sooner). */
+    if (r->defer_open && !quiet(r) && !uv_is_active((uv_handle_t *)&r->defer))
+      uv_timer_start(&r->defer, on_defer, LWSI_RDZV_WAITING_MS - (now - r->waiting_at), 0);
+    return;
+  }
+  r->notify_waiting = false;
+  r->waiting_sent = true;
+  r->waiting_at = now;
   uint32_t list[LWSI_WIRE_MAX_LISTED];
   struct lwsi_msg m = {.type = LWSI_MSG_WAITING};
   m.waiting.nmissing = collect_missing(r, list, LWSI_WIRE_MAX_LISTED);
@@ -1505,6 +1524,8 @@ static void worker_attempt(uv_timer_t *t)
     return;
   }
   r->conn = c;
+  /* The leader's release carries the whole member table (wire.h). */
+  lwsi_wire_reader_set_max(&c->rd, LWSI_WIRE_RELEASE_MAX(r->cfg.size));
   c->state = C_CONNECTING;
   c->deadline = uv_now(r->loop) + r->cfg.connect_timeout_ms;
   copy_text(c->addr, sizeof(c->addr), r->host);
@@ -1809,8 +1830,10 @@ int lwsi_rdzv_start(struct lwsi_rdzv *r, uv_loop_t *loop, const struct lwsi_rdzv
     c->retry_max_ms = LWSI_RDZV_RETRY_MAX_MS;
   if (c->retry_max_ms < c->retry_min_ms)
     c->retry_max_ms = c->retry_min_ms;
+  /* Room for every worker of the group to be mid-handshake at once (a
+   * whole group starting together), and never less than the default. */
   if (c->max_pending == 0)
-    c->max_pending = LWSI_RDZV_MAX_PENDING;
+    c->max_pending = c->size > LWSI_RDZV_MAX_PENDING / 2 ? 2 * c->size : LWSI_RDZV_MAX_PENDING;
   if (c->size == 0 || c->size > LWSI_WIRE_MAX_SIZE || c->rank >= c->size)
     return -EINVAL;
   if (cfg->token_len > TOKEN_MAX || (cfg->token_len > 0 && cfg->token == NULL))

@@ -311,7 +311,9 @@ int lwsi_wire_encode(const struct lwsi_msg *m, uint8_t **frame, size_t *len)
   if (b.err)
     return b.err;
   size_t n = strlen(text);
-  if (n > LWSI_WIRE_MAX_PAYLOAD) {
+  size_t max = m->type == LWSI_MSG_RELEASE ? LWSI_WIRE_RELEASE_MAX(LWSI_WIRE_MAX_SIZE)
+                                           : LWSI_WIRE_MAX_PAYLOAD;
+  if (n > max) {
     cJSON_free(text);
     return -EMSGSIZE;
   }
@@ -572,7 +574,9 @@ static int decode_body(const cJSON *o, struct lwsi_msg *m)
 int lwsi_wire_decode(const uint8_t *buf, size_t len, struct lwsi_msg *out)
 {
   memset(out, 0, sizeof(*out));
-  if (buf == NULL || len == 0 || len > LWSI_WIRE_MAX_PAYLOAD)
+  /* The reader bounds each stream's frames (a leader reads no release);
+   * this is the bound of any frame at all. */
+  if (buf == NULL || len == 0 || len > LWSI_WIRE_RELEASE_MAX(LWSI_WIRE_MAX_SIZE))
     return -EBADMSG;
   const char *end = NULL;
   cJSON *o = cJSON_ParseWithLengthOpts((const char *)buf, len, &end, false);
@@ -628,7 +632,13 @@ void lwsi_msg_free(struct lwsi_msg *m)
 
 /* ---- frames ---- */
 
-void lwsi_wire_reader_init(struct lwsi_wire_reader *r) { memset(r, 0, sizeof(*r)); }
+void lwsi_wire_reader_init(struct lwsi_wire_reader *r)
+{
+  memset(r, 0, sizeof(*r));
+  r->max = LWSI_WIRE_MAX_PAYLOAD;
+}
+
+void lwsi_wire_reader_set_max(struct lwsi_wire_reader *r, uint32_t max) { r->max = max; }
 
 void lwsi_wire_reader_free(struct lwsi_wire_reader *r)
 {
@@ -645,7 +655,7 @@ static int check_len(struct lwsi_wire_reader *r, uint32_t n)
 {
   if (n == 0)
     r->err = -EBADMSG;
-  else if (n > LWSI_WIRE_MAX_PAYLOAD)
+  else if (n > (r->max != 0 ? r->max : LWSI_WIRE_MAX_PAYLOAD))
     r->err = -EMSGSIZE;
   return r->err;
 }

@@ -22,6 +22,12 @@ int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t 
 /* The exit code the contract gives a failed exec: 127 not found, else 126. */
 int lwsi_launcher_exec_code(int err);
 
+/* Raises our soft RLIMIT_NOFILE to the hard limit (a leader holds a
+ * connection per member, and probes and idle clients besides), and makes
+ * every later spawn give the child the limit we started with. Returns 0 or
+ * a negative errno; the limit is unchanged on error. */
+int lwsi_launcher_raise_nofile(void);
+
 /* The environment for the child: envp without any earlier LWSINIT_LEADER_IP,
  * LWSINIT_RANK, LWSINIT_SIZE, plus those three. Free with
  * lwsi_launcher_env_free. Returns 0 or -ENOMEM. */

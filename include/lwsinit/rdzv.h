@@ -24,7 +24,7 @@
 #define LWSI_RDZV_CONNECT_MS 1000   /* one connection attempt (a SYN to nowhere waits minutes) */
 #define LWSI_RDZV_RETRY_MIN_MS 25   /* worker's first retry delay; doubles ... */
 #define LWSI_RDZV_RETRY_MAX_MS 1000 /* ... up to this, with jitter */
-#define LWSI_RDZV_MAX_PENDING 64    /* connections accepted but not joined */
+#define LWSI_RDZV_MAX_PENDING 64    /* connections accepted but not joined, at least; 2 x size */
 #define LWSI_RDZV_APP_KEPT 8        /* leader: app kinds kept for a rejoining member */
 
 struct lwsi_rdzv_config {
@@ -52,7 +52,7 @@ struct lwsi_rdzv_config {
   uint64_t connect_timeout_ms;   /* 0: LWSI_RDZV_CONNECT_MS */
   uint64_t retry_min_ms;         /* 0: LWSI_RDZV_RETRY_MIN_MS */
   uint64_t retry_max_ms;         /* 0: LWSI_RDZV_RETRY_MAX_MS */
-  uint32_t max_pending;          /* 0: LWSI_RDZV_MAX_PENDING */
+  uint32_t max_pending;          /* 0: the larger of LWSI_RDZV_MAX_PENDING and 2 x size */
 };
 
 enum lwsi_rdzv_state {
@@ -190,6 +190,8 @@ struct lwsi_rdzv {
   uint64_t retry_delay;                  /* worker: the current backoff step */
   uint64_t rng;                          /* jitter only; seeded from getrandom */
   bool notify_waiting;                   /* leader: the missing list changed */
+  bool waiting_sent;                     /* leader: a waiting list went out */
+  uint64_t waiting_at;                   /* leader: uv_now when it went out */
   bool released_pending;                 /* leader of a group of one: release on the loop */
   bool accept_stuck;                     /* leader: an accept waits for memory */
   char last_error[LWSI_WIRE_REASON_MAX]; /* worker: why the last attempt failed */

@@ -16,6 +16,14 @@
  * object). The bound keeps a peer from making us buffer without limit. */
 #define LWSI_WIRE_HDR_LEN 4
 #define LWSI_WIRE_MAX_PAYLOAD 65536
+/* The one frame that grows with the group: the leader's release carries the
+ * member table (rank, address, pod name: at most ~330 bytes a member), so
+ * a worker accepts a frame of up to LWSI_WIRE_RELEASE_MAX(size) from its
+ * leader, and the leader encodes a release of up to the largest of those.
+ * Every other frame, and every frame a leader reads, stays within
+ * LWSI_WIRE_MAX_PAYLOAD. */
+#define LWSI_WIRE_MEMBER_MAX 400
+#define LWSI_WIRE_RELEASE_MAX(size) (LWSI_WIRE_MAX_PAYLOAD + (uint32_t)(size) * LWSI_WIRE_MEMBER_MAX)
 
 #define LWSI_WIRE_NONCE_LEN 16     /* an agent's incarnation, 128 random bits */
 #define LWSI_WIRE_CHALLENGE_LEN 32 /* a per-connection random challenge */
@@ -197,16 +205,20 @@ struct lwsi_wire_reader {
   size_t body_have;
   bool delivered; /* the last call returned a frame */
   int err;        /* sticky: a stream with one bad frame is not resynced */
+  uint32_t max;   /* the largest payload accepted (LWSI_WIRE_MAX_PAYLOAD) */
 };
 
+/* A reader that accepts payloads of up to LWSI_WIRE_MAX_PAYLOAD; a worker
+ * raises that for its leader's connection with lwsi_wire_reader_set_max. */
 void lwsi_wire_reader_init(struct lwsi_wire_reader *r);
+void lwsi_wire_reader_set_max(struct lwsi_wire_reader *r, uint32_t max);
 void lwsi_wire_reader_free(struct lwsi_wire_reader *r);
 
 /* Consumes bytes from *data (advancing it and *len) until a frame is
  * complete. Returns 1 with *frame and *flen set to its payload (valid until
  * the next call or free; it may point into the caller's buffer); 0 when all
  * of *data was consumed without completing a frame; or -EBADMSG (a
- * zero-length frame), -EMSGSIZE (a length over LWSI_WIRE_MAX_PAYLOAD) or
+ * zero-length frame), -EMSGSIZE (a length over the reader's max) or
  * -ENOMEM, after which every call returns the same error. */
 int lwsi_wire_split(struct lwsi_wire_reader *r, const uint8_t **data, size_t *len,
                     const uint8_t **frame, size_t *flen);

@@ -277,6 +277,28 @@ def t_terminal_foreground(t):
         os.close(slave)
 
 
+def soft_nofile(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise lt.Fail("no 'Max open files' in /proc/%d/limits" % pid)
+
+
+def t_nofile_raised(t):
+    # The agent raises its soft descriptor limit to the hard one (a leader
+    # holds a connection per member) and gives the child the limit it was
+    # started with.
+    ev = t.path("events")
+    a = t.agent(["signals", ev], wrapper=["prlimit", "--nofile=256:4096", "--"])
+    child = a.child()
+    lt.wait_for(lambda: os.path.exists(ev), 10, "the child to be up")
+    t.eq(soft_nofile(a.pid), 4096, "the agent's soft RLIMIT_NOFILE")
+    t.eq(soft_nofile(child), 256, "the child's soft RLIMIT_NOFILE")
+    a.kill(signal.SIGTERM)
+    t.agent_rc(a, 0)
+
+
 lt.main([
     ("exit statuses 0..255 pass through", t_exit_codes_all),
     ("exit statuses pass through as PID 1", t_exit_codes_pid1),
@@ -295,4 +317,5 @@ lt.main([
     ("an unknown placeholder is exit 2 before launch", t_unknown_placeholder),
     ("the child inherits the working directory", t_cwd_inherited),
     ("with a terminal, the child's group is in the foreground", t_terminal_foreground),
+    ("the agent raises its descriptor limit, the child keeps the original", t_nofile_raised),
 ])
