@@ -409,8 +409,10 @@ static int send_frame(struct lwsi_rdzv_conn *c, uint8_t *frame, size_t len)
     mark_broken(c, rc, why);
     return rc;
   }
+  /* Beyond the frame just queued: a release for a large group is itself
+   * more than MAX_QUEUED, and a peer that reads is not at fault for it. */
   size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-  if (queued > MAX_QUEUED) {
+  if (queued > MAX_QUEUED + len) {
     char why[128];
     textf(why, sizeof(why), "not reading (%zu bytes waiting to be sent)", queued);
     mark_broken(c, -ENOBUFS, why);
