@@ -16,6 +16,11 @@
  * client allocate without end. */
 #define STATUS_MAX (1u << 22)
 
+/* Answers in flight at once; more are accepted and closed at once, so that
+ * a client that never reads cannot make the agent hold documents without
+ * bound (only root and our own uid can connect, but a stuck script can). */
+#define STATUS_MAX_CONNS 16
+
 struct status_conn {
   uv_pipe_t pipe;
   uv_write_t req;
@@ -67,6 +72,10 @@ static void on_connection(uv_stream_t *server, int status)
   c->req.data = c;
   s->open_conns++;
   if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
+    uv_close((uv_handle_t *)&c->pipe, conn_closed);
+    return;
+  }
+  if (s->open_conns > STATUS_MAX_CONNS) {
     uv_close((uv_handle_t *)&c->pipe, conn_closed);
     return;
   }
