@@ -40,6 +40,8 @@ static void add_upstream(struct lwsi_agent *a, cJSON *doc)
     cJSON_AddNullToObject(up, "error");
 }
 
+static const char *child_state(const struct lwsi_agent *a);
+
 static void add_members(struct lwsi_agent *a, cJSON *doc)
 {
   if (!a->rdzv_on)
@@ -72,6 +74,9 @@ static void add_members(struct lwsi_agent *a, cJSON *doc)
     if (m.has_state) {
       cJSON_AddStringToObject(o, "child", m.child);
       cJSON_AddBoolToObject(o, "upstream", m.upstream);
+    } else if (m.rank == a->cfg->rank) {
+      /* Our own row: the state we would put in a heartbeat. */
+      cJSON_AddStringToObject(o, "child", child_state(a));
     }
   }
 }

@@ -27,6 +27,7 @@ keeps the temporary folders; LWSITEST_SCALE multiplies every deadline.
 import ctypes
 import errno
 import os
+import random
 import shutil
 import signal
 import socket
@@ -172,8 +173,39 @@ def ns_pid(pid):
     return pid
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_rng = random.Random(os.getpid() ^ int(time.time() * 1e6))
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port free right now on host (the kernel's choice)."""
+    """A TCP port free right now on host, outside the kernel's ephemeral
+    range: the kernel's own choice (bind to port 0) comes from that range,
+    where the outgoing connections of the tests that run at the same time
+    (thousands, in test_load) take ports too, and an agent told to listen
+    on it later could find it taken."""
+    lo, hi = _EPHEMERAL
+    candidates = [(1024, lo - 1), (hi + 1, 65535)]
+    candidates = [(a, b) for a, b in candidates if b - a >= 1000]
+    for _ in range(200):
+        if not candidates:
+            break
+        a, b = _rng.choice(candidates)
+        port = _rng.randint(a, b)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
