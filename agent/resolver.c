@@ -559,8 +559,13 @@ int lwsi_resolver_start(struct lwsi_resolver *r, uv_loop_t *loop, const char *na
     o.sock_state_cb_data = r;
     /* Short per-query timeouts: c-ares' default (5 s, 4 tries, doubling)
      * would hold a dead server's attempt for a minute; our own retries
-     * repeat the query anyway. With n servers an attempt sends up to
-     * n * tries queries (ares_init_options(3), ARES_OPT_TRIES). */
+     * repeat the query anyway. But each of our attempts is a new query
+     * with a new id, so an answer later than one try is dropped, and a
+     * server that always answers in 1 s would never be heard: the second
+     * try (same id, twice the timeout) still takes the first one's answer
+     * up to 2.25 s late (issue 7, "DNS server slow"). With n servers an
+     * attempt sends up to n * tries queries (ares_init_options(3),
+     * ARES_OPT_TRIES). */
     o.timeout = (int)(opts->query_timeout_ms ? opts->query_timeout_ms
                                              : LWSI_RESOLVER_QUERY_TIMEOUT_MS);
     o.tries = (int)(opts->query_tries ? opts->query_tries : LWSI_RESOLVER_QUERY_TRIES);

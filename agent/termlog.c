@@ -25,7 +25,10 @@ int lwsi_termlog_write(const char *path, const char *msg, bool keep_existing)
 {
   if (path == NULL || path[0] == '\0')
     return 0;
-  int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY;
+  /* O_NONBLOCK: a FIFO at path with no reader would block open(2) for
+   * ever, in PID 1, with every signal blocked (issue 7); it fails with
+   * ENXIO instead. On a regular file the flag changes nothing. */
+  int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
   int fd;
   do
     fd = open(path, flags, 0644);

@@ -33,7 +33,7 @@
 
 /* Defaults for the knobs the contract does not expose. */
 #define LWSI_RESOLVER_QUERY_TIMEOUT_MS 750 /* one c-ares try on one server */
-#define LWSI_RESOLVER_QUERY_TRIES 1        /* per server; retries are ours */
+#define LWSI_RESOLVER_QUERY_TRIES 2        /* per server: 750 + 1500 ms; then ours */
 #define LWSI_RESOLVER_RETRY_MIN_MS 50      /* first pause after a failure; doubles ... */
 #define LWSI_RESOLVER_RETRY_MAX_MS 500     /* ... up to this, each +-20 % jitter */
 #define LWSI_RESOLVER_PROGRESS_MS 5000     /* progress at least this often while failing */
