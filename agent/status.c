@@ -90,6 +90,42 @@ static const char *child_state(const struct lwsi_agent *a)
   return "not-started";
 }
 
+static const char *const gpu_check_modes[] = {"none", "cuda", "nccl"};
+
+/* The GPU check (issue 5): this node's result and, for the group, the
+ * verdict. "state": not-started, running, passed, failed. */
+static void add_gpu_check(struct lwsi_agent *a, cJSON *doc)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  if (cfg->gpu_check == LWSI_GPU_CHECK_NONE)
+    return;
+  cJSON *g = cJSON_AddObjectToObject(doc, "gpu_check");
+  if (g == NULL)
+    return;
+  const struct lwsi_gpurun *r = &a->gpu;
+  const char *state = "not-started";
+  if (r->have_result)
+    state = r->ok ? "passed" : "failed";
+  else if (a->gpu_on && !a->gpu_gone)
+    state = "running";
+  else if (a->gpu_on)
+    state = "failed";
+  cJSON_AddStringToObject(g, "mode", gpu_check_modes[cfg->gpu_check]);
+  cJSON_AddStringToObject(g, "state", state);
+  cJSON_AddBoolToObject(g, "group_passed", a->gpu_verdict_ok);
+  if (r->have_result) {
+    cJSON_AddNumberToObject(g, "devices", r->ndevices);
+    cJSON_AddStringToObject(g, "model", r->model);
+    cJSON_AddNumberToObject(g, "time_s", r->time_ms / 1000.0);
+    if (r->busbw_gbps >= 0)
+      cJSON_AddNumberToObject(g, "busbw_gbps", r->busbw_gbps);
+    else
+      cJSON_AddNullToObject(g, "busbw_gbps");
+  }
+  if (r->error[0] != '\0')
+    cJSON_AddStringToObject(g, "error", r->error);
+}
+
 cJSON *lwsi_status_doc(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -143,6 +179,7 @@ cJSON *lwsi_status_doc(struct lwsi_agent *a)
         cJSON_AddStringToObject(g, "broken", a->group_broken);
     }
   }
+  add_gpu_check(a, doc);
   if (a->cfg->rank == 0)
     add_members(a, doc);
   if (a->last_error[0] != '\0')
@@ -215,6 +252,20 @@ int lwsi_status_print(FILE *out, const char *json)
     fprintf(out, "\n");
   } else {
     fprintf(out, "upstream none\n");
+  }
+  const cJSON *gc = cJSON_GetObjectItemCaseSensitive(doc, "gpu_check");
+  if (cJSON_IsObject(gc)) {
+    fprintf(out, "gpus     %s check %s", str_of(gc, "mode", "?"), str_of(gc, "state", "?"));
+    if (cJSON_GetObjectItemCaseSensitive(gc, "devices") != NULL)
+      fprintf(out, ": %.0f x %s in %.2fs", num_of(gc, "devices", 0), str_of(gc, "model", "?"),
+              num_of(gc, "time_s", 0));
+    if (num_of(gc, "busbw_gbps", -1) >= 0)
+      fprintf(out, ", busbw %.1f GB/s", num_of(gc, "busbw_gbps", 0));
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(gc, "group_passed")))
+      fprintf(out, "; the group passed");
+    if (str_of(gc, "error", NULL) != NULL)
+      fprintf(out, " (%s)", str_of(gc, "error", ""));
+    fprintf(out, "\n");
   }
   const cJSON *members = cJSON_GetObjectItemCaseSensitive(doc, "members");
   if (cJSON_IsArray(members)) {
@@ -304,6 +355,19 @@ int lwsi_status_metrics(struct lwsi_agent *a, struct lwsi_http_buf *b)
   lwsi_metrics_counter(b, "lwsinit_orphans_reaped_total",
                        "Processes other than the engine reaped by the agent.",
                        a->sup.reaped_others);
+  if (cfg->gpu_check != LWSI_GPU_CHECK_NONE && a->gpu.have_result) {
+    const struct lwsi_gpurun *r = &a->gpu;
+    lwsi_metrics_gauge(b, "lwsinit_gpu_check_passed",
+                       "1 when this node's GPU check passed, 0 when it failed.", r->ok);
+    lwsi_metrics_gauge(b, "lwsinit_gpu_check_devices", "GPUs the check used on this node.",
+                       r->ndevices);
+    lwsi_metrics_gauge(b, "lwsinit_gpu_check_duration_seconds", "How long the GPU check took.",
+                       r->time_ms / 1000.0);
+    if (r->busbw_gbps >= 0)
+      lwsi_metrics_gauge(b, "lwsinit_gpu_check_busbw_bytes_per_second",
+                         "NCCL all-reduce bus bandwidth measured by the check.",
+                         r->busbw_gbps * 1e9);
+  }
   if (a->upstream_on) {
     const struct lwsi_upstream *u = &a->upstream;
     if (u->known) {

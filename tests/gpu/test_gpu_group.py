@@ -3,6 +3,7 @@
 each running lwsinit-gpucheck against the fake CUDA/NCCL library, whose
 all-reduce really sums across the 4 processes. A failure on one node fails
 the whole group with exit 5 before any engine starts."""
+import json
 import os
 import sys
 
@@ -34,6 +35,18 @@ def t_nccl_passes(t):
     t.ok("passed on all 4 nodes" in g.agents[0].stderr(), "the leader says the check passed")
     code, body = g.get(0, "/status")
     t.eq(code, 200, "status")
+    # The results reach /status, /metrics and lwsinit status (issue 5).
+    for r in (0, 3):
+        code, body = g.get(r, "/status")
+        gc = json.loads(body).get("gpu_check", {})
+        t.eq((gc.get("mode"), gc.get("state"), gc.get("group_passed"), gc.get("devices")),
+             ("nccl", "passed", True, 2), "rank %d: /status gpu_check %s" % (r, gc))
+        t.ok(isinstance(gc.get("busbw_gbps"), (int, float)) and gc["busbw_gbps"] >= 0,
+             "rank %d: a bus bandwidth in /status (%s)" % (r, gc.get("busbw_gbps")))
+        code, text = g.get(r, "/metrics")
+        t.ok("lwsinit_gpu_check_passed 1" in text and "lwsinit_gpu_check_devices 2" in text
+             and "lwsinit_gpu_check_busbw_bytes_per_second" in text,
+             "rank %d: the check's metrics" % r)
 
 
 def t_nccl_wrong_sum(t):
