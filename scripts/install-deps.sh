@@ -8,6 +8,7 @@ pkgs=(
   libuv1-dev libc-ares-dev libcjson-dev libssl-dev libcurl4-openssl-dev libhttp-parser-dev
   python3 dnsmasq-base iproute2 util-linux procps valgrind scdoc
   python3-yaml python3-jsonschema debootstrap binutils dpkg-dev
+  clang libclang-rt-14-dev llvm
 )
 
 missing=()
