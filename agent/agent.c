@@ -245,8 +245,6 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
 
 /* ---- the GPU check (contract, "Checks before launch") --------------- */
 
-static const char *const gpu_mode_names[] = {"none", "cuda", "nccl"};
-
 static void check_failed(struct lwsi_agent *a, const char *why)
 {
   if (a->gpu_on)
@@ -465,9 +463,10 @@ static void start_check(struct lwsi_agent *a)
   snprintf(bw, sizeof(bw), "%.3f", cfg->gpu_min_busbw);
   snprintf(nodes, sizeof(nodes), "%u", cfg->size);
   snprintf(rank, sizeof(rank), "%u", cfg->rank);
-  char *argv[] = {prog, (char *)gpu_mode_names[cfg->gpu_check], "--proto", "--gpus", gpus,
-                  "--bytes", bytes, "--timeout-ms", tmo, "--min-busbw", bw, "--nodes", nodes,
-                  "--node-rank", rank, NULL};
+  const char *mode = lwsi_config_gpu_check_name(cfg->gpu_check);
+  char *argv[] = {prog, (char *)mode, "--proto", "--gpus", gpus, "--bytes", bytes,
+                  "--timeout-ms", tmo, "--min-busbw", bw, "--nodes", nodes, "--node-rank", rank,
+                  NULL};
   a->gpu_seen = calloc(cfg->size, 1);
   uv_timer_init(&a->loop, &a->gpu_deadline);
   a->gpu_deadline.data = a;
@@ -475,7 +474,7 @@ static void start_check(struct lwsi_agent *a)
   uv_timer_start(&a->gpu_deadline, on_check_deadline, t, 0);
   a->gpu.data = a;
   a->gpu_on = true;
-  lwsi_log_info("checking the GPUs (%s) with %s", gpu_mode_names[cfg->gpu_check], prog);
+  lwsi_log_info("checking the GPUs (%s) with %s", mode, prog);
   int rc = a->gpu_seen == NULL ? -ENOMEM
                                : lwsi_gpurun_start(&a->gpu, &a->loop, argv, a->envp,
                                                    &a->sup.child_mask, on_check);

@@ -409,6 +409,17 @@ const char *lwsi_config_preset_name(enum lwsi_preset p)
   return preset_choices[p];
 }
 
+const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode)
+{
+  /* The parse table is the one list of the names, so that what --gpu-check
+   * accepts and what the agent and the status report say cannot drift
+   * apart; its last entry is the NULL that ends it. */
+  size_t n = sizeof(gpu_check_choices) / sizeof(gpu_check_choices[0]) - 1;
+  if ((size_t)mode >= n)
+    return "?";
+  return gpu_check_choices[mode];
+}
+
 bool lwsi_config_dist_port(const struct lwsi_config *cfg, uint16_t *port)
 {
   /* Each engine's usual port: SGLang's LWS example uses 20000 for

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -22,6 +23,15 @@ int lwsi_crypto_load(void)
   void *h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
   if (h == NULL)
     return -ELIBACC;
+  /* Before anything else initialises it: no openssl.cnf. SHA-256 and HMAC
+   * come from the built-in default provider; reading the system's
+   * configuration costs a file read and a parse in every agent's start
+   * (about 1 ms here, issue 3), and would let it change what PID 1 loads
+   * (engines, providers: OPENSSL_init_crypto(3), config(5ossl)). */
+  __typeof__(&OPENSSL_init_crypto) init =
+      (__typeof__(init))dlsym(h, "OPENSSL_init_crypto");
+  if (init == NULL || !init(OPENSSL_INIT_NO_LOAD_CONFIG, NULL))
+    return -ELIBBAD;
   g_crypto.sha256 = (__typeof__(g_crypto.sha256))dlsym(h, "EVP_sha256");
   g_crypto.digest = (__typeof__(g_crypto.digest))dlsym(h, "EVP_Digest");
   g_crypto.hmac = (__typeof__(g_crypto.hmac))dlsym(h, "HMAC");

@@ -53,7 +53,8 @@ int lwsi_launcher_raise_nofile(void)
   return 0;
 }
 
-/* Runs in the child between fork and exec; only async-signal-safe calls. */
+/* Runs in the child between vfork and exec, on our memory and stack: only
+ * async-signal-safe calls, no allocation, never a return. */
 static __attribute__((noreturn)) void child_exec(char *const *argv, char *const *envp,
                                                  const sigset_t *mask, int errfd, int in_fd,
                                                  int out_fd)
@@ -94,6 +95,31 @@ int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *ch
   return lwsi_launcher_spawn_io(argv, envp, child_mask, -1, -1, pid);
 }
 
+/* vfork(2) and not fork(2): the child borrows our memory until it execs,
+ * so no page table is copied, no page of ours turns copy-on-write (every
+ * later write of ours would fault once), and the exec has no copied
+ * address space to tear down. On a node that starts a group of many
+ * members, or in a VM where page-table work is slow, fork was most of the
+ * cost of a launch (docs/benchmarks.md, issue 3). What the child may do
+ * before exec is what child_exec does: system calls on its own arguments,
+ * nothing that allocates or returns from this frame. No signal handler can
+ * run in it: the agent catches none (every signal is blocked and read from
+ * a signalfd, supervisor.c) and the child unblocks only just before exec.
+ * The parent is suspended until the child execs or exits (vfork(2)); the
+ * errno pipe still tells which, and keeps this correct where vfork is a
+ * plain fork (valgrind runs it so). Kept apart from the caller so that
+ * nothing the compiler holds in registers lives across the second return
+ * (-Wclobbered). */
+static __attribute__((noinline)) pid_t start_child(char *const *argv, char *const *envp,
+                                                   const sigset_t *mask, int errfd, int in_fd,
+                                                   int out_fd)
+{
+  pid_t child = vfork();
+  if (child == 0)
+    child_exec(argv, envp, mask, errfd, in_fd, out_fd);
+  return child;
+}
+
 int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t *child_mask,
                            int in_fd, int out_fd, pid_t *pid)
 {
@@ -101,16 +127,12 @@ int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t 
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0)
     return -errno;
-  pid_t child = fork();
+  pid_t child = start_child(argv, envp, child_mask, p[1], in_fd, out_fd);
   if (child < 0) {
     int e = errno;
     close(p[0]);
     close(p[1]);
     return -e;
-  }
-  if (child == 0) {
-    close(p[0]);
-    child_exec(argv, envp, child_mask, p[1], in_fd, out_fd);
   }
   close(p[1]);
   /* Set the group from both sides so that neither order of events leaves a
@@ -120,8 +142,9 @@ int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t 
     /* Nothing to do: the child's own call decides. */
   }
   *pid = child;
-  /* The pipe closes on a successful exec (O_CLOEXEC) or carries errno. This
-   * read waits only for the exec itself, never for the program. */
+  /* The pipe closes on a successful exec (O_CLOEXEC) or carries errno. By
+   * now the child has done one or the other (vfork), so this read does not
+   * wait; where vfork is a fork, it waits only for the exec itself. */
   int e = 0;
   ssize_t n = read_full(p[0], &e, sizeof(e));
   close(p[0]);

@@ -384,6 +384,60 @@ static void on_write(uv_write_t *req, int status)
   }
 }
 
+/* The tick runs when something is due (a handshake or connect deadline,
+ * a member's silence limit, the next heartbeat), not on a fixed period: a
+ * waiting agent then wakes about once a heartbeat instead of ten times,
+ * which on a node that holds many members (a benchmark, a test) is CPU the
+ * members' launches need (issue 3). Never more often than tick_gap, so
+ * that members whose limits fall apart do not wake the leader once each;
+ * never later than a heartbeat, so that a deadline set where nobody armed
+ * the tick is still seen. Every place that sets an earlier deadline calls
+ * tick_arm. */
+static void on_tick(uv_timer_t *t);
+
+static void tick_arm(struct lwsi_rdzv *r, uint64_t due)
+{
+  if (!r->tick_open || quiet(r))
+    return;
+  if (uv_is_active((uv_handle_t *)&r->tick) && r->tick_at <= due)
+    return;
+  uint64_t now = uv_now(r->loop);
+  r->tick_at = due > now ? due : now;
+  uv_timer_start(&r->tick, on_tick, r->tick_at - now, 0);
+}
+
+static uint64_t min_due(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* When the tick has work next, from the deadlines leader_tick and
+ * worker_tick check. */
+static uint64_t tick_next(struct lwsi_rdzv *r)
+{
+  uint64_t now = uv_now(r->loop);
+  uint64_t due = now + r->cfg.heartbeat_ms;
+  uint64_t silence = r->cfg.peer_timeout_ms + 1;
+  /* Heartbeats go out only where leader_tick and worker_tick send them. */
+  bool beats = r->leader ? (r->state == LWSI_RDZV_JOINING || r->state == LWSI_RDZV_RELEASED)
+                         : (r->conn != NULL && r->conn->state == C_MEMBER);
+  if (beats && !r->mute_heartbeats)
+    due = min_due(due, r->next_hb);
+  if (r->leader) {
+    if (r->accept_stuck)
+      due = min_due(due, now + r->tick_gap);
+    for (struct lwsi_rdzv_conn *c = r->pending; c != NULL; c = c->next)
+      due = min_due(due, c->deadline);
+    for (uint32_t i = 1; i < r->cfg.size; i++) {
+      struct lwsi_rdzv_conn *c = r->slots[i].conn;
+      if (c != NULL && c->state == C_MEMBER)
+        due = min_due(due, c->last_rx + silence);
+    }
+  } else if (r->conn != NULL && r->conn->state != C_CLOSING) {
+    struct lwsi_rdzv_conn *c = r->conn;
+    due = min_due(due, c->state == C_MEMBER ? c->last_rx + silence : c->deadline);
+  }
+  uint64_t earliest = r->last_tick + r->tick_gap;
+  return due > earliest ? due : earliest;
+}
+
 /* Queues one frame (taking ownership of it). */
 static int send_frame(struct lwsi_rdzv_conn *c, uint8_t *frame, size_t len)
 {
@@ -753,11 +807,15 @@ static void leader_member_gone(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, co
 }
 
 /* Refuses a join: the worker gets the reason, we wait for it to close. */
-static bool leader_refuse(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, int64_t rank,
-                          const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static bool leader_refuse(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, int64_t rank,
-                          const char *code, const char *fmt, ...)
+/* j: the worker's join, when the refusal answers one. With it and a token
+ * the refusal carries the leader's proof, without which a worker that
+ * holds a token does not believe it (worker_unproven). */
+static bool leader_refuse(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
+                          const struct lwsi_msg_join *j, int64_t rank, const char *code,
+                          const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static bool leader_refuse(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
+                          const struct lwsi_msg_join *j, int64_t rank, const char *code,
+                          const char *fmt, ...)
 {
   struct lwsi_msg m = {.type = LWSI_MSG_REFUSE};
   copy_text(m.refuse.code, sizeof(m.refuse.code), code);
@@ -767,9 +825,16 @@ static bool leader_refuse(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, int64_t
   va_end(ap);
   if (n < 0)
     m.refuse.reason[0] = '\0';
+  /* Signed even when the worker's own proof failed: a worker with another
+   * token cannot check it and keeps trying, which is right, since it cannot
+   * tell us from an impostor either. */
+  if (r->token != NULL && j != NULL)
+    m.refuse.auth = lwsi_wire_refuse_mac(r->token, r->cfg.token_len, &c->hello, j, &m.refuse,
+                                         m.refuse.mac) == 0;
   send_msg(c, &m);
   c->state = C_DRAINING;
   c->deadline = uv_now(r->loop) + DRAIN_MS;
+  tick_arm(r, c->deadline);
   /* FIN after the refusal, so the worker reads the reason before the end. */
   if (!c->broken && uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, NULL) < 0)
     conn_close(c);
@@ -802,6 +867,7 @@ static void leader_seat(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   s->conn = c;
   s->last_rx = c->last_rx;
   s->watched = true;
+  tick_arm(r, c->last_rx + r->cfg.peer_timeout_ms + 1);
   copy_text(s->addr, sizeof(s->addr), c->addr);
 }
 
@@ -852,13 +918,13 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   /* Authentication first: without the proof, the peer learns nothing more
    * about this group than that it needs a token. */
   if (r->token != NULL && !j->auth) {
-    leader_refuse(r, c, rank, "token",
+    leader_refuse(r, c, j, rank, "token",
                   "the leader requires a token and this worker has none (check --token-file "
                   "on both)");
     return;
   }
   if (r->token == NULL && j->auth) {
-    leader_refuse(r, c, rank, "token",
+    leader_refuse(r, c, j, rank, "token",
                   "this worker has a token but the leader has none (check --token-file on "
                   "both)");
     return;
@@ -869,24 +935,24 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
     bool ok = rc == 0 && lwsi_wire_mac_equal(mac, j->mac);
     explicit_bzero(mac, sizeof(mac));
     if (!ok) {
-      leader_refuse(r, c, rank, "token",
+      leader_refuse(r, c, j, rank, "token",
                     "wrong token: the worker's proof does not match the "
                     "leader's token");
       return;
     }
   }
   if (j->size != cfg->size) {
-    leader_refuse(r, c, rank, "size", "wrong size: this worker has %u, the leader %u", j->size,
+    leader_refuse(r, c, j, rank, "size", "wrong size: this worker has %u, the leader %u", j->size,
                   cfg->size);
     return;
   }
   if (j->rank == 0 || j->rank >= cfg->size) {
-    leader_refuse(r, c, rank, "rank", "rank %u is not a worker rank of a group of %u (1..%u)",
+    leader_refuse(r, c, j, rank, "rank", "rank %u is not a worker rank of a group of %u (1..%u)",
                   j->rank, cfg->size, cfg->size - 1);
     return;
   }
   if (strcmp(j->revision, r->revision) != 0) {
-    leader_refuse(r, c, rank, "revision", "wrong revision: this worker has '%s', the leader '%s'",
+    leader_refuse(r, c, j, rank, "revision", "wrong revision: this worker has '%s', the leader '%s'",
                   j->revision, r->revision);
     return;
   }
@@ -897,12 +963,12 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
       leader_rejoin(r, c, j);
       return;
     }
-    leader_refuse(r, c, rank, "released",
+    leader_refuse(r, c, j, rank, "released",
                   "the group is already released and running; rank %u cannot rejoin it", j->rank);
     return;
   }
   if (r->state != LWSI_RDZV_JOINING) {
-    leader_refuse(r, c, rank, "failed", "the group has failed: %s", r->last_error);
+    leader_refuse(r, c, j, rank, "failed", "the group has failed: %s", r->last_error);
     return;
   }
   struct lwsi_rdzv_slot *s = &r->slots[j->rank];
@@ -911,7 +977,7 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
      * (it reconnected after an error we have not seen yet): replace it. A
      * different incarnation is refused while the holder is alive. */
     if (memcmp(s->nonce, j->nonce, sizeof(s->nonce)) != 0) {
-      leader_refuse(r, c, rank, "duplicate", "rank %u is already held by %s", j->rank, s->addr);
+      leader_refuse(r, c, j, rank, "duplicate", "rank %u is already held by %s", j->rank, s->addr);
       return;
     }
     leader_member_gone(r, s->conn, "reconnected (replaced by a new connection)");
@@ -985,7 +1051,7 @@ static void leader_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
     goto out; /* refused: whatever it says now does not matter */
   if (c->state == C_HELLO) {
     if (rc == -EPROTONOSUPPORT) {
-      leader_refuse(r, c, -1, "version",
+      leader_refuse(r, c, NULL, -1, "version",
                     "protocol version %u is not supported (the leader "
                     "speaks %u)",
                     m.v, LWSI_WIRE_VERSION);
@@ -1065,6 +1131,7 @@ static void leader_accept(struct lwsi_rdzv *r)
     /* libuv keeps the accepted fd and stops listening until uv_accept: the
      * tick tries again, so one failed allocation does not deafen us. */
     r->accept_stuck = true;
+    tick_arm(r, uv_now(r->loop) + r->tick_gap);
     emit(r, LWSI_RDZV_EV_DROPPED, -1, "", "", -ENOMEM,
          "cannot accept a connection: out of memory (will try again)");
     return;
@@ -1102,6 +1169,7 @@ static void leader_accept(struct lwsi_rdzv *r)
   pending_add(r, c);
   c->state = C_HELLO;
   c->deadline = uv_now(r->loop) + r->cfg.handshake_timeout_ms;
+  tick_arm(r, c->deadline);
   rc = conn_start_reading(c);
   if (rc < 0) {
     textf(why, sizeof(why), "cannot read from the connection: %s", uv_strerror(rc));
@@ -1290,6 +1358,7 @@ static void worker_send_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c)
   c->join = *j;
   c->state = C_JOINING;
   c->deadline = uv_now(r->loop) + r->cfg.handshake_timeout_ms;
+  tick_arm(r, c->deadline);
   rc = send_msg(c, &m);
   explicit_bzero(&m, sizeof(m));
   if (rc == -EINVAL || rc == -EMSGSIZE)
@@ -1333,6 +1402,7 @@ static void worker_welcome(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   s->last_rx = now;
   copy_text(s->addr, sizeof(s->addr), r->host);
   r->next_hb = now; /* the leader hears from us at once */
+  tick_arm(r, now);
   emit(r, LWSI_RDZV_EV_JOINED, 0, r->host, "", 0, "joined the leader at %s:%u as rank %u of %u",
        r->host, r->cfg.port, r->cfg.rank, r->cfg.size);
 }
@@ -1385,6 +1455,41 @@ static void worker_release(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
        rl->size);
 }
 
+/* Whether a refusal is final. Without a token anything goes (an open group
+ * trusts whoever answers on the leader's address). With one, only a
+ * refusal that proves the leader holds the same token: otherwise anyone who
+ * can answer there could end every worker (docs/security.md 3.4). */
+static bool worker_refusal_proven(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
+                                  const struct lwsi_msg_refuse *rf)
+{
+  if (r->token == NULL)
+    return true;
+  if (!rf->auth)
+    return false;
+  uint8_t mac[LWSI_WIRE_MAC_LEN];
+  bool ok = lwsi_wire_refuse_mac(r->token, r->cfg.token_len, &c->hello, &c->join, rf, mac) == 0 &&
+            lwsi_wire_mac_equal(mac, rf->mac);
+  explicit_bzero(mac, sizeof(mac));
+  return ok;
+}
+
+/* An end we cannot believe: say it, and keep trying until the rendezvous
+ * deadline, whose failure then names it (worker_deadline). A leader with
+ * another token, or none, ends up here too: from this side it cannot be
+ * told from an impostor. */
+static void worker_unproven(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const char *reason)
+{
+  char why[LWSI_WIRE_REASON_MAX];
+  textf(why, sizeof(why),
+        "%s:%u said '%s' without proof of the token (a leader with another token or none, "
+        "or not our leader)",
+        r->host, r->cfg.port, reason);
+  /* At the slow end of the backoff: whoever said it answers at once, and
+   * would otherwise be asked again every few tens of milliseconds. */
+  r->retry_delay = r->cfg.retry_max_ms;
+  worker_retry(r, c, -EACCES, why);
+}
+
 static void worker_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const uint8_t *f, size_t n)
 {
   struct lwsi_msg m;
@@ -1394,7 +1499,10 @@ static void worker_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
     if (rc == -EPROTONOSUPPORT) {
       textf(why, sizeof(why), "the leader speaks protocol version %u, this worker %u", m.v,
             LWSI_WIRE_VERSION);
-      worker_end(r, c, LWSI_RDZV_EV_REFUSED, why);
+      if (r->token != NULL)
+        worker_unproven(r, c, why); /* a hello proves nothing */
+      else
+        worker_end(r, c, LWSI_RDZV_EV_REFUSED, why);
     } else if (rc < 0 || m.type != LWSI_MSG_HELLO) {
       /* Maybe not our leader at all (another service on the port). */
       textf(why, sizeof(why), "%s:%u answered with %s, not a leader's hello", r->host, r->cfg.port,
@@ -1419,14 +1527,22 @@ static void worker_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
     goto out;
   }
   if (m.type == LWSI_MSG_FAIL) {
-    worker_end(r, c, LWSI_RDZV_EV_FAILED, m.fail.reason);
+    /* A real leader fails only members, after their welcome (leader_fail):
+     * before it, a 'fail' is nobody's word. */
+    if (c->state == C_JOINING && r->token != NULL)
+      worker_unproven(r, c, m.fail.reason);
+    else
+      worker_end(r, c, LWSI_RDZV_EV_FAILED, m.fail.reason);
     goto out;
   }
   if (c->state == C_JOINING) {
     if (m.type == LWSI_MSG_WELCOME) {
       worker_welcome(r, c, &m.welcome);
     } else if (m.type == LWSI_MSG_REFUSE) {
-      worker_end(r, c, LWSI_RDZV_EV_REFUSED, m.refuse.reason);
+      if (worker_refusal_proven(r, c, &m.refuse))
+        worker_end(r, c, LWSI_RDZV_EV_REFUSED, m.refuse.reason);
+      else
+        worker_unproven(r, c, m.refuse.reason);
     } else {
       textf(why, sizeof(why), "the leader sent '%s' instead of an answer to the join",
             lwsi_wire_type_name(m.type));
@@ -1511,6 +1627,7 @@ static void on_connect(uv_connect_t *req, int status)
   }
   c->state = C_HELLO;
   c->deadline = uv_now(r->loop) + r->cfg.handshake_timeout_ms;
+  tick_arm(r, c->deadline);
 }
 
 static void worker_attempt(uv_timer_t *t)
@@ -1530,6 +1647,7 @@ static void worker_attempt(uv_timer_t *t)
   lwsi_wire_reader_set_max(&c->rd, LWSI_WIRE_RELEASE_MAX(r->cfg.size));
   c->state = C_CONNECTING;
   c->deadline = uv_now(r->loop) + r->cfg.connect_timeout_ms;
+  tick_arm(r, c->deadline);
   copy_text(c->addr, sizeof(c->addr), r->host);
   int rc = 0;
   if (r->source[0] != '\0') {
@@ -1703,10 +1821,14 @@ static void on_check(uv_check_t *h)
   }
   if (r->tick_due) {
     r->tick_due = false;
+    r->last_tick = uv_now(r->loop);
     if (r->leader)
       leader_tick(r);
     else
       worker_tick(r);
+    if (quiet(r))
+      return;
+    tick_arm(r, tick_next(r));
   }
 }
 
@@ -1917,16 +2039,20 @@ int lwsi_rdzv_start(struct lwsi_rdzv *r, uv_loop_t *loop, const struct lwsi_rdzv
     copy_text(r->slots[0].addr, sizeof(r->slots[0].addr), r->host);
     copy_text(r->last_error, sizeof(r->last_error), "no connection attempt finished yet");
   }
-  /* The tick is fine-grained enough for the handshake deadlines and for
-   * "lost within peer-timeout plus one heartbeat". */
-  uint64_t tick = c->heartbeat_ms < 100 ? c->heartbeat_ms : 100;
-  if (c->handshake_timeout_ms / 4 < tick)
-    tick = c->handshake_timeout_ms / 4;
-  if (tick < 5)
-    tick = 5;
+  /* Ticks may come this close together (tick_arm): fine-grained enough for
+   * the handshake deadlines and for "lost within peer-timeout plus one
+   * heartbeat". */
+  uint64_t gap = c->heartbeat_ms < 100 ? c->heartbeat_ms : 100;
+  if (c->handshake_timeout_ms / 4 < gap)
+    gap = c->handshake_timeout_ms / 4;
+  if (gap < 5)
+    gap = 5;
+  r->tick_gap = gap;
   r->state = LWSI_RDZV_JOINING;
   r->next_hb = uv_now(loop);
-  if ((rc = uv_timer_start(&r->tick, on_tick, tick, tick)) < 0)
+  r->last_tick = r->next_hb;
+  r->tick_at = r->next_hb + gap;
+  if ((rc = uv_timer_start(&r->tick, on_tick, gap, 0)) < 0)
     return rc;
   if (c->rdzv_timeout_ms > 0 &&
       (rc = uv_timer_start(&r->deadline, on_deadline, c->rdzv_timeout_ms, 0)) < 0)

@@ -90,8 +90,6 @@ static const char *child_state(const struct lwsi_agent *a)
   return "not-started";
 }
 
-static const char *const gpu_check_modes[] = {"none", "cuda", "nccl"};
-
 /* The GPU check (issue 5): this node's result and, for the group, the
  * verdict. "state": not-started, running, passed, failed. */
 static void add_gpu_check(struct lwsi_agent *a, cJSON *doc)
@@ -110,7 +108,7 @@ static void add_gpu_check(struct lwsi_agent *a, cJSON *doc)
     state = "running";
   else if (a->gpu_on)
     state = "failed";
-  cJSON_AddStringToObject(g, "mode", gpu_check_modes[cfg->gpu_check]);
+  cJSON_AddStringToObject(g, "mode", lwsi_config_gpu_check_name(cfg->gpu_check));
   cJSON_AddStringToObject(g, "state", state);
   cJSON_AddBoolToObject(g, "group_passed", a->gpu_verdict_ok);
   if (r->have_result) {

@@ -204,6 +204,8 @@ static void encode_body(struct builder *b, const struct lwsi_msg *m)
   case LWSI_MSG_REFUSE:
     add_str(b, o, "code", m->refuse.code, sizeof(m->refuse.code));
     add_str(b, o, "reason", m->refuse.reason, sizeof(m->refuse.reason));
+    if (m->refuse.auth)
+      add_hex(b, o, "mac", m->refuse.mac, LWSI_WIRE_MAC_LEN);
     return;
   case LWSI_MSG_WAITING: {
     const struct lwsi_msg_waiting *w = &m->waiting;
@@ -536,7 +538,13 @@ static int decode_body(const cJSON *o, struct lwsi_msg *m)
     return 0;
   case LWSI_MSG_REFUSE:
     TRY(get_str(o, "code", m->refuse.code, sizeof(m->refuse.code)));
-    return get_str(o, "reason", m->refuse.reason, sizeof(m->refuse.reason));
+    TRY(get_str(o, "reason", m->refuse.reason, sizeof(m->refuse.reason)));
+    /* The proof is there only when the leader could make one. */
+    if (cJSON_GetObjectItemCaseSensitive(o, "mac") != NULL) {
+      TRY(get_hex(o, "mac", m->refuse.mac, sizeof(m->refuse.mac)));
+      m->refuse.auth = true;
+    }
+    return 0;
   case LWSI_MSG_WAITING:
     return decode_waiting(o, &m->waiting);
   case LWSI_MSG_RELEASE:
@@ -731,7 +739,8 @@ int lwsi_wire_split(struct lwsi_wire_reader *r, const uint8_t **data, size_t *le
  * so that no two different messages give the same bytes. */
 struct macbuf {
   uint8_t b[64 + 2 * LWSI_WIRE_CHALLENGE_LEN + 2 * LWSI_WIRE_NONCE_LEN + LWSI_WIRE_DIGEST_LEN +
-            LWSI_WIRE_REVISION_MAX + LWSI_WIRE_POD_MAX + 64];
+            LWSI_WIRE_REVISION_MAX + LWSI_WIRE_POD_MAX + LWSI_WIRE_CODE_MAX +
+            LWSI_WIRE_REASON_MAX + 64];
   size_t n;
   bool over;
 };
@@ -802,6 +811,23 @@ int lwsi_wire_welcome_mac(const uint8_t *token, size_t token_len,
   mb_put(&m, hello->challenge, sizeof(hello->challenge));
   mb_put(&m, hello->nonce, sizeof(hello->nonce));
   mb_u32(&m, j->rank);
+  return mac_of(token, token_len, &m, mac);
+}
+
+int lwsi_wire_refuse_mac(const uint8_t *token, size_t token_len, const struct lwsi_msg_hello *hello,
+                         const struct lwsi_msg_join *j, const struct lwsi_msg_refuse *rf,
+                         uint8_t mac[LWSI_WIRE_MAC_LEN])
+{
+  static const char label[] = "lwsinit/1 refuse";
+  struct macbuf m = {.n = 0};
+  mb_put(&m, label, sizeof(label));
+  mb_put(&m, j->challenge, sizeof(j->challenge));
+  mb_put(&m, j->nonce, sizeof(j->nonce));
+  mb_put(&m, hello->challenge, sizeof(hello->challenge));
+  mb_put(&m, hello->nonce, sizeof(hello->nonce));
+  mb_u32(&m, j->rank);
+  mb_text(&m, rf->code, sizeof(rf->code));
+  mb_text(&m, rf->reason, sizeof(rf->reason));
   return mac_of(token, token_len, &m, mac);
 }
 

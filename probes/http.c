@@ -345,28 +345,54 @@ static void conn_send(struct lwsi_http_conn *c, int status, const char *ctype, c
     return;
   }
   size_t total = (size_t)hlen + (head_only ? 0 : blen);
-  struct out_req *o = malloc(sizeof(*o) + total);
-  if (o == NULL) {
-    conn_close(c);
-    return;
+  /* With nothing queued, write now: a probe's answer almost always fits in
+   * the socket buffer, and then no write request is allocated and libuv
+   * does not re-arm the descriptor for POLLOUT and back (one epoll_ctl per
+   * answer, ~10% of a probe's cost: docs/benchmarks.md, issue 4). Behind a
+   * queued answer, never: answers leave in request order. */
+  size_t done = 0;
+  if (c->writes == 0) {
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hlen),
+                        uv_buf_init((char *)body, (unsigned)(head_only ? 0 : blen))};
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, bufs[1].len > 0 ? 2 : 1);
+    if (n < 0 && n != UV_EAGAIN) {
+      conn_close(c);
+      return;
+    }
+    done = n > 0 ? (size_t)n : 0;
   }
-  o->conn = c;
-  o->len = total;
-  memcpy(o->data, head, (size_t)hlen);
-  if (!head_only && blen > 0)
-    memcpy(o->data + hlen, body, blen);
-  uv_buf_t b = uv_buf_init(o->data, (unsigned)total);
-  if (uv_write(&o->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
-    free(o);
-    conn_close(c);
-    return;
+  if (done < total) {
+    size_t rest = total - done;
+    struct out_req *o = malloc(sizeof(*o) + rest);
+    if (o == NULL) {
+      conn_close(c);
+      return;
+    }
+    o->conn = c;
+    o->len = rest;
+    /* The part of head + body not written yet. */
+    size_t skip = done;
+    size_t hpart = skip < (size_t)hlen ? (size_t)hlen - skip : 0;
+    memcpy(o->data, head + (size_t)hlen - hpart, hpart);
+    skip = skip > (size_t)hlen ? skip - (size_t)hlen : 0;
+    if (rest > hpart)
+      memcpy(o->data + hpart, body + skip, rest - hpart);
+    uv_buf_t b = uv_buf_init(o->data, (unsigned)rest);
+    if (uv_write(&o->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+      free(o);
+      conn_close(c);
+      return;
+    }
+    c->out_pending += rest;
+    c->writes++;
   }
-  c->out_pending += total;
-  c->writes++;
   if (close) {
     /* Anything after this request is ignored: stop parsing and reading. */
     c->state = ST_DRAINING;
     read_stop(c);
+    /* Written already: on_write will not run to finish it. */
+    if (c->writes == 0)
+      conn_finish(c);
   } else if (c->out_pending >= srv->opts.max_output) {
     /* Pipelined requests from a client that does not read its answers:
      * stop parsing (and reading) until the answers drain, so the queue per

@@ -88,6 +88,11 @@ void lwsi_config_usage(int fd);
 
 const char *lwsi_config_preset_name(enum lwsi_preset p);
 
+/* The --gpu-check mode as the user writes it ("none", "cuda", "nccl"), the
+ * word the check program takes as its mode and the status reports; "?" for
+ * a value outside the enum. */
+const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode);
+
 /* The engine's own port that {dist_port} stands for: --dist-port, or the
  * preset's default. Returns false when there is none. */
 bool lwsi_config_dist_port(const struct lwsi_config *cfg, uint16_t *port);

@@ -1,4 +1,4 @@
-/* Starting the child: fork and exec directly (no shell) in a process group
+/* Starting the child: vfork and exec directly (no shell) in a process group
  * of its own, with the caller's signal mask restored. */
 #ifndef LWSINIT_LAUNCHER_H
 #define LWSINIT_LAUNCHER_H

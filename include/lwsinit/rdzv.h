@@ -171,7 +171,8 @@ struct lwsi_rdzv {
   uint8_t *token;
   struct sockaddr_storage peer_sa; /* worker: the leader */
   uv_tcp_t listener;               /* leader */
-  uv_timer_t tick;                 /* heartbeats, silence, handshake deadlines */
+  uv_timer_t tick;                 /* heartbeats, silence, handshake deadlines: armed
+                                      for the next of them (tick_arm) */
   uv_timer_t deadline;             /* rdzv_timeout_ms */
   uv_timer_t defer;                /* work that must not run inside a write */
   uv_timer_t retry;                /* worker: the next connection attempt */
@@ -186,6 +187,9 @@ struct lwsi_rdzv {
   struct lwsi_rdzv_conn *conn; /* worker: the connection to the leader */
   uint32_t njoined;            /* workers joined (leader) */
   uint64_t next_hb;            /* uv_now of the next heartbeat */
+  uint64_t tick_gap;           /* the shortest time between two ticks */
+  uint64_t tick_at;            /* uv_now the tick timer is armed for */
+  uint64_t last_tick;          /* uv_now of the last tick that ran */
   uint64_t hb_seq;
   uint64_t retry_delay;                  /* worker: the current backoff step */
   uint64_t rng;                          /* jitter only; seeded from getrandom */

@@ -94,6 +94,8 @@ struct lwsi_msg_welcome {
 struct lwsi_msg_refuse {
   char code[LWSI_WIRE_CODE_MAX]; /* a short word: "revision", "token", "duplicate", ... */
   char reason[LWSI_WIRE_REASON_MAX];
+  bool auth; /* mac is set: the leader has a token and the worker's join */
+  uint8_t mac[LWSI_WIRE_MAC_LEN];
 };
 
 struct lwsi_msg_waiting {
@@ -238,6 +240,15 @@ int lwsi_wire_welcome_mac(const uint8_t *token, size_t token_len,
                           uint8_t mac[LWSI_WIRE_MAC_LEN]);
 
 /* Compares two MACs in constant time (CRYPTO_memcmp). */
+/* The leader's proof on a refusal: HMAC-SHA256(token, "lwsinit/1 refuse"
+ * || the worker's challenge and nonce || the leader's challenge and nonce
+ * || rank || the code || the reason). A worker that holds a token takes a
+ * refusal as final only with this proof; anyone who answers on the
+ * leader's address could send one without it (docs/security.md 3.4). */
+int lwsi_wire_refuse_mac(const uint8_t *token, size_t token_len, const struct lwsi_msg_hello *hello,
+                         const struct lwsi_msg_join *j, const struct lwsi_msg_refuse *rf,
+                         uint8_t mac[LWSI_WIRE_MAC_LEN]);
+
 bool lwsi_wire_mac_equal(const uint8_t a[LWSI_WIRE_MAC_LEN], const uint8_t b[LWSI_WIRE_MAC_LEN]);
 
 #endif

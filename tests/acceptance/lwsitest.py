@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
+import urllib.request
 
 LWSINIT = os.environ.get("LWSINIT", "")
 TESTCHILD = os.environ.get("TESTCHILD", "")
@@ -209,6 +211,21 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def http_status(host, port, path, timeout=2.0, body=False):
+    """GET http://host:port/path on a fresh connection: the status code (an
+    error status such as 503 too), or None when nothing answered (refused,
+    reset, timed out). body=True: (status, the body as text), with the
+    error's text in place of the body for None."""
+    try:
+        with urllib.request.urlopen("http://%s:%d%s" % (host, port, path),
+                                    timeout=timeout) as r:
+            return (r.status, r.read().decode()) if body else r.status
+    except urllib.error.HTTPError as e:
+        return (e.code, e.read().decode()) if body else e.code
+    except OSError as e:
+        return (None, str(e)) if body else None
 
 
 def read_events(path):

@@ -21,7 +21,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 
 import dnsfix
 import lwsitest as lt
@@ -182,30 +181,6 @@ def joining(t, role, kind):
             t.ok(g.agents[r].running(), "rank %d's agent runs the healed group" % r)
 
 
-def t_joining_leader_kill(t):
-    joining(t, "leader", "kill")
-
-
-def t_joining_leader_stop(t):
-    joining(t, "leader", "stop")
-
-
-def t_joining_leader_partition(t):
-    joining(t, "leader", "partition")
-
-
-def t_joining_worker_kill(t):
-    joining(t, "worker", "kill")
-
-
-def t_joining_worker_stop(t):
-    joining(t, "worker", "stop")
-
-
-def t_joining_worker_partition(t):
-    joining(t, "worker", "partition")
-
-
 # ---- faults while the GPUs are checked (checking) ----------------------------
 
 def checking(t, role, kind):
@@ -260,35 +235,12 @@ def checking(t, role, kind):
             t.ok(not g.engine_started(r), "rank %d's engine never started" % r)
 
 
-def t_checking_leader_kill(t):
-    checking(t, "leader", "kill")
-
-
-def t_checking_leader_stop(t):
-    checking(t, "leader", "stop")
-
-
-def t_checking_leader_partition(t):
-    checking(t, "leader", "partition")
-
-
-def t_checking_worker_kill(t):
-    checking(t, "worker", "kill")
-
-
-def t_checking_worker_stop(t):
-    checking(t, "worker", "stop")
-
-
-def t_checking_worker_partition(t):
-    checking(t, "worker", "partition")
-
-
 # ---- faults of the leader after launch (running) ----------------------------
 
-def running_leader(t, kind):
+def running(t, role, kind):
     """The workers' faults after launch are test_group's and test_health's;
     these are the leader's: every worker stops its engine and exits 6."""
+    assert role == "leader", "only the leader's faults after launch are here"
     with maybe_ns(kind) as ns:
         lay = Layout(t, ns, 0)
         g = lay.g
@@ -313,16 +265,46 @@ def running_leader(t, kind):
             t.ok("TERM" in open(t.path("sig-0")).read(), "the leader's engine was stopped")
 
 
-def t_running_leader_kill(t):
-    running_leader(t, "kill")
+# ---- the cases of the three phases above ------------------------------------
+
+# One row per case: its phase (the function above that runs it), the member
+# the fault hits, the fault, and the name it prints (TAP). The case is the
+# function t_<phase>_<role>_<fault> made here, the name docs/reliability.md
+# gives it (faults::t_joining_leader_kill and so on).
+PHASE_FAULTS = [
+    ("joining", "leader", "kill",
+     "joining: leader killed, the worker gives up at its deadline with 4"),
+    ("joining", "leader", "stop", "joining: leader stopped, the group forms once it continues"),
+    ("joining", "leader", "partition",
+     "joining: leader partitioned, the group forms once the link is back"),
+    ("joining", "worker", "kill",
+     "joining: worker killed, its rank is free at once for a new one"),
+    ("joining", "worker", "stop",
+     "joining: worker stopped, freed after --peer-timeout, rejoins on SIGCONT"),
+    ("joining", "worker", "partition",
+     "joining: worker partitioned, rejoins once the link is back"),
+    ("checking", "leader", "kill", "checking: leader killed, every worker exits 6"),
+    ("checking", "leader", "stop", "checking: leader stopped, every agent exits 6"),
+    ("checking", "leader", "partition", "checking: leader partitioned, every agent exits 6"),
+    ("checking", "worker", "kill", "checking: worker killed, every other agent exits 6"),
+    ("checking", "worker", "stop", "checking: worker stopped, every agent exits 6"),
+    ("checking", "worker", "partition", "checking: worker partitioned, every agent exits 6"),
+    ("running", "leader", "kill", "running: leader killed, every worker exits 6"),
+    ("running", "leader", "stop", "running: leader stopped, every agent exits 6"),
+    ("running", "leader", "partition", "running: leader partitioned, every agent exits 6"),
+]
+PHASES = {"joining": joining, "checking": checking, "running": running}
 
 
-def t_running_leader_stop(t):
-    running_leader(t, "stop")
+def phase_case(phase, role, kind):
+    def case(t):
+        PHASES[phase](t, role, kind)
+    case.__name__ = case.__qualname__ = "t_%s_%s_%s" % (phase, role, kind)
+    return case
 
 
-def t_running_leader_partition(t):
-    running_leader(t, "partition")
+PHASE_CASES = [(name, phase_case(phase, role, kind)) for phase, role, kind, name in PHASE_FAULTS]
+globals().update((fn.__name__, fn) for _, fn in PHASE_CASES)
 
 
 # ---- faults of a worker while it resolves the leader (resolving) ------------
@@ -647,6 +629,78 @@ def t_rdzv_oversized(t):
          "the leader dropped them and lives")
 
 
+def t_fake_leader(t):
+    """Something that answers on the leader's address without the token (a
+    stale pod, a squatter) cannot end a worker that holds one: an unproven
+    refusal, a 'fail' before any welcome and a hello of another protocol
+    version are each answered by trying again later; at its deadline the
+    worker exits 4 naming what it heard. The real leader, once it holds the
+    port, forms the group with that same worker."""
+    tok = t.path("token")
+    with open(tok, "w") as f:
+        f.write("s3cret\n")
+    g = Group(t, 2, opts=FAST + ["--token-file", tok])
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", g.port))
+    lsock.listen(16)
+    answers = [
+        ("refuse", {"type": "refuse", "code": "token", "reason": "go away"}),
+        ("fail", {"type": "fail", "reason": "the group has failed: boom"}),
+        ("version", None),
+    ]
+    seen = []
+    stop = threading.Event()
+
+    def send(c, msg):
+        body = json.dumps(msg).encode()
+        c.sendall(struct.pack("!I", len(body)) + body)
+
+    def serve():
+        lsock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except socket.timeout:
+                continue
+            kind, msg = answers[len(seen) % len(answers)]
+            seen.append(kind)
+            try:
+                hello = {"v": 1, "type": "hello", "nonce": "11" * 16, "challenge": "22" * 32,
+                         "auth": True}
+                if msg is None:
+                    hello["v"] = 2
+                    send(c, hello)
+                else:
+                    send(c, hello)
+                    read_frame(c, 2)
+                    send(c, dict(msg, v=1))
+            except OSError:
+                pass
+            c.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        w = g.start(1, leader="127.0.0.1", opts=["--rdzv-timeout", "4"])
+        lt.wait_for(lambda: len(seen) >= 3, 10 * lt.SCALE, "three answers from the fake leader")
+        t.ok(w.running(), "the worker is still running after %s" % ", ".join(seen))
+        t.agent_rc(w, 4, timeout=15)
+        err = w.stderr()
+        t.ok("without proof of the token" in err and "go away" in err and "boom" in err,
+             "it logged what it did not believe: " + last_line(w))
+    finally:
+        stop.set()
+        th.join(5)
+        lsock.close()
+    # The real leader on the same port: the same kind of worker joins it.
+    g.start(0, leader="127.0.0.1")
+    g.start(1, leader="127.0.0.1")
+    for r in range(2):
+        g.state(r, timeout=15)
+    t.ok(True, "the real leader forms the group")
+
+
 def t_rdzv_slow_and_flood(t):
     """Connections that never speak, or drip a join one byte at a time,
     are dropped at the handshake deadline (5 s), not kept alive by the
@@ -697,22 +751,11 @@ def t_rdzv_slow_and_flood(t):
 
 # ---- the probe port ------------------------------------------------------------
 
-def probe_get(host, port, path="/livez", timeout=2.0):
-    try:
-        with urllib.request.urlopen("http://%s:%d%s" % (host, port, path),
-                                    timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
 def standalone(t):
     port = lt.free_port()
     a = t.agent(["signals", t.path("sig")], opts=["--probe-addr", "127.0.0.1:%d" % port])
     a.child()
-    lt.wait_for(lambda: probe_get("127.0.0.1", port) == 200, 10, "/livez to answer")
+    lt.wait_for(lambda: lt.http_status("127.0.0.1", port, "/livez") == 200, 10, "/livez to answer")
     return a, port
 
 
@@ -735,7 +778,7 @@ def t_probe_slowloris(t):
             except OSError:
                 open_.remove(s)
         q0 = lt.now()
-        t.eq(probe_get("127.0.0.1", port), 200, "a probe during the slowloris")
+        t.eq(lt.http_status("127.0.0.1", port, "/livez"), 200, "a probe during the slowloris")
         worst = max(worst, lt.now() - q0)
         n += 1
         # Closed ones show EOF or a reset to a read.
@@ -792,31 +835,12 @@ def t_probe_oversized(t):
     for data, want in cases:
         code = raw_request(port, data)
         t.ok(code in want, "%r...: expected %s, got %s" % (data[:24], want, code))
-        t.eq(probe_get("127.0.0.1", port), 200, "/livez right after")
+        t.eq(lt.http_status("127.0.0.1", port, "/livez"), 200, "/livez right after")
     t.ok(a.running(), "the agent lives")
 
 
 if __name__ == "__main__":
-    lt.main([
-        ("joining: leader killed, the worker gives up at its deadline with 4",
-         t_joining_leader_kill),
-        ("joining: leader stopped, the group forms once it continues", t_joining_leader_stop),
-        ("joining: leader partitioned, the group forms once the link is back",
-         t_joining_leader_partition),
-        ("joining: worker killed, its rank is free at once for a new one", t_joining_worker_kill),
-        ("joining: worker stopped, freed after --peer-timeout, rejoins on SIGCONT",
-         t_joining_worker_stop),
-        ("joining: worker partitioned, rejoins once the link is back",
-         t_joining_worker_partition),
-        ("checking: leader killed, every worker exits 6", t_checking_leader_kill),
-        ("checking: leader stopped, every agent exits 6", t_checking_leader_stop),
-        ("checking: leader partitioned, every agent exits 6", t_checking_leader_partition),
-        ("checking: worker killed, every other agent exits 6", t_checking_worker_kill),
-        ("checking: worker stopped, every agent exits 6", t_checking_worker_stop),
-        ("checking: worker partitioned, every agent exits 6", t_checking_worker_partition),
-        ("running: leader killed, every worker exits 6", t_running_leader_kill),
-        ("running: leader stopped, every agent exits 6", t_running_leader_stop),
-        ("running: leader partitioned, every agent exits 6", t_running_leader_partition),
+    lt.main(PHASE_CASES + [
         ("resolving: worker killed, its replacement joins", t_resolving_worker_kill),
         ("resolving: worker stopped, resolves and joins on SIGCONT", t_resolving_worker_stop),
         ("resolving: worker cut off from DNS, resolves once the link is back",
@@ -827,6 +851,7 @@ if __name__ == "__main__":
         ("DNS server slow (0.4 s, 1.2 s): resolves", t_dns_slow),
         ("a member of another group size is refused with 4", t_other_size),
         ("oversized and zero-length frames end their connection at once", t_rdzv_oversized),
+        ("a fake leader without the token cannot end a worker that holds it", t_fake_leader),
         ("silent, dripping and flooding rendezvous connections", t_rdzv_slow_and_flood),
         ("slowloris on the probe port", t_probe_slowloris),
         ("oversized requests on the probe port", t_probe_oversized),

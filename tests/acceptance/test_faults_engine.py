@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 
 import lwsitest as lt
 from test_group import Group
@@ -158,17 +157,6 @@ def t_engine_daemon(t):
 
 # ---- resources ---------------------------------------------------------------
 
-def get(host, port, path, timeout=2.0):
-    try:
-        with urllib.request.urlopen("http://%s:%d%s" % (host, port, path),
-                                    timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
@@ -186,7 +174,7 @@ def t_fd_exhausted(t):
     with open("/proc/%d/limits" % leader.pid) as f:
         t.ok(re.search(r"Max open files\s+64\s+64", f.read()), "the leader runs with 64 fds")
     host, port = g.probe[0]
-    lt.wait_for(lambda: get(host, port, "/livez") == 200, 10, "the leader's /livez")
+    lt.wait_for(lambda: lt.http_status(host, port, "/livez") == 200, 10, "the leader's /livez")
     flood = []
     for i in range(200):
         for p in (g.port, port):
@@ -210,12 +198,12 @@ def t_fd_exhausted(t):
     for s in flood:
         s.close()
     t0 = lt.now()
-    lt.wait_for(lambda: get(host, port, "/livez") == 200, 10, "/livez after the flood")
+    lt.wait_for(lambda: lt.http_status(host, port, "/livez") == 200, 10, "/livez after the flood")
     took = lt.now() - t0
     t.le(0, took, 2 * lt.SCALE, "/livez answered %.3fs after the flood ended" % took)
     w = g.start(1, leader="127.0.0.1")
     g.wait_engines(timeout=20)
-    lt.wait_for(lambda: get(host, port, "/readyz") == 200, 10, "the leader's /readyz")
+    lt.wait_for(lambda: lt.http_status(host, port, "/readyz") == 200, 10, "the leader's /readyz")
     t.ok(True, "the group formed and is ready")
     leader.kill(signal.SIGTERM)
     t.agent_rc(leader, 0)
@@ -256,14 +244,16 @@ def t_agent_stopped_standalone(t):
     ev = t.path("sig")
     a = t.agent(["signals", ev], opts=["--probe-addr", "127.0.0.1:%d" % port], pid1=True)
     child = a.child()
-    lt.wait_for(lambda: get("127.0.0.1", port, "/livez") == 200, 10, "/livez")
+    lt.wait_for(lambda: lt.http_status("127.0.0.1", port, "/livez") == 200, 10, "/livez")
     a.kill(signal.SIGSTOP)
     lt.wait_for(lambda: (lt.proc_stat(a.pid) or {}).get("state") == "T", 5, "the agent to stop")
-    t.eq(get("127.0.0.1", port, "/livez", timeout=0.5), None, "no answer while stopped")
+    t.eq(lt.http_status("127.0.0.1", port, "/livez", timeout=0.5), None,
+         "no answer while stopped")
     t.ok(lt.alive(child), "the engine runs on")
     a.kill(signal.SIGCONT)
     t0 = lt.now()
-    lt.wait_for(lambda: get("127.0.0.1", port, "/livez") == 200, 5, "/livez after SIGCONT")
+    lt.wait_for(lambda: lt.http_status("127.0.0.1", port, "/livez") == 200, 5,
+                "/livez after SIGCONT")
     t.le(0, lt.now() - t0, 2 * lt.SCALE, "answered %.3fs after SIGCONT" % (lt.now() - t0))
     lt.wait_for(lambda: "CONT" in open(ev).read(), 5, "the engine to get SIGCONT")
     a.kill(signal.SIGTERM)

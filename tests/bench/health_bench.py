@@ -52,6 +52,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import children_of, cpu_jiffies, free_port, stat_fields
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
 BEGIN = "<!-- health-bench:begin -->"
@@ -154,14 +156,6 @@ def ip(*args):
 
 # ---------------------------------------------------------------- helpers
 
-def free_port(host="127.0.0.1"):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def http_status(addr, path, timeout=0.5):
     """The status code of one GET over a fresh connection, or None when it
     cannot connect or gets no answer. Closed with an RST, so that thousands
@@ -195,18 +189,9 @@ def wait_for(pred, timeout, what, step=0.005):
     raise TimeoutError("timed out waiting for " + what)
 
 
-def children_of(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
 def cpu_ticks(pid):
     """utime + stime of a process, in clock ticks."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return int(fields[11]) + int(fields[12])
 
 
@@ -540,8 +525,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 def machine_busy():
     """Busy and total jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
+    v = cpu_jiffies()
     idle = v[3] + (v[4] if len(v) > 4 else 0)
     return sum(v[:8]) - idle, sum(v[:8])
 

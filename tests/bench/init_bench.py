@@ -41,6 +41,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, stat_fields
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
 BEGIN = "<!-- init-bench:begin -->"
@@ -218,13 +220,6 @@ def find_catatonit():
     return None
 
 
-def free_port():
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
-
-
 def clean_env(tmp):
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "LANG": "C", "LC_ALL": "C",
@@ -303,11 +298,9 @@ def children_of(pid):
         if not d.isdigit():
             continue
         try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
+            fields = stat_fields(int(d))
         except OSError:
             continue
-        fields = st[st.rfind(")") + 2:].split()
         if int(fields[1]) == pid:
             kids.append(int(d))
     return kids

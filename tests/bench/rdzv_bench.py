@@ -76,13 +76,14 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from benchlib import children_of, cpu_jiffies, free_port
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -344,14 +345,6 @@ if side.ranks or side.last:      # the driver went away mid-run
 """
 
 
-def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def probe_ip(rank):
     """127.0.0.2 .. 127.0.0.251, then 127.0.1.2 ...: one address per agent."""
     return "127.0.%d.%d" % (rank // 250, rank % 250 + 2)
@@ -369,8 +362,7 @@ def wait_for(cond, timeout, what, poll=0.02):
 
 
 def cpu_times():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
+    v = cpu_jiffies()
     return sum(v), v[3] + v[4]
 
 
@@ -518,11 +510,7 @@ class LwsGroup:
     def engine_pids(self):
         out = []
         for p in self.pids.values():
-            try:
-                out += [int(x) for x in
-                        open("/proc/%d/task/%d/children" % (p, p)).read().split()]
-            except (OSError, ValueError):
-                pass
+            out += children_of(p)
         return out
 
     def log(self, rank):
@@ -645,11 +633,7 @@ def floor_run(stamp, n, root, settle):
         cpu = 0
         for p in pids:
             cpu += schedstat(p)[0] - before[p]
-            try:
-                kids = open("/proc/%d/task/%d/children" % (p, p)).read().split()
-            except OSError:
-                kids = []
-            cpu += sum(schedstat(int(k))[0] for k in kids)
+            cpu += sum(schedstat(k)[0] for k in children_of(p))
         return {"ms": (max(ends) - t0) / 1e6, "first_ms": (min(ends) - t0) / 1e6,
                 "cpu_ms": cpu / 1e6}
     finally:

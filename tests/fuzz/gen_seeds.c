@@ -158,6 +158,9 @@ static void wire(void)
   strcpy(m.refuse.code, "revision");
   strcpy(m.refuse.reason, "wrong revision: this worker has 'a', the leader 'b' \u2014 \u00fcn\u00efcode");
   frame("refuse", &m, 0);
+  m.refuse.auth = true;
+  memset(m.refuse.mac, 0x5a, sizeof(m.refuse.mac));
+  frame("refuse-mac", &m, 0);
 
   memset(&m, 0, sizeof(m));
   m.type = LWSI_MSG_FAIL;

@@ -30,7 +30,6 @@ repository root; default: two levels up from this file), LWSI_CRD (the CRD file)
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,9 @@ except ImportError:
     jsonschema = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "acceptance"))
+from lwsitest import free_port  # noqa: E402  (a port outside the ephemeral range)
+
 REPO = os.environ.get("LWSI_REPO") or os.path.dirname(os.path.dirname(HERE))
 CRD = os.environ.get("LWSI_CRD") or os.path.join(
     REPO, "..", "shared", "data", "leaderworkerset.x-k8s.io_leaderworkersets.yaml")
@@ -360,14 +362,6 @@ def check_pod(a, leader, lws):
     if rp != "RecreateGroupOnPodRestart":
         errs.append(f"restartPolicy is {rp!r}, not RecreateGroupOnPodRestart")
     return errs
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def run_agent(exe, a, rank, tmp):

@@ -70,29 +70,52 @@ fi
 echo "# mirror: $mirror; cache: $cache"
 mkdir -p "$cache"
 
-# --- 1. a bare bookworm root ---------------------------------------------------
-base=$cache/base-$suite
-if [ ! -f "$base/.lwsi-complete" ]; then
-  rm -rf "$base" "$base.tmp"
+# A cached stage: DIR is made once, by `MAKE [ARG...] DIR.tmp` (its output in
+# LOG), marked complete (DIR.tmp/.lwsi-complete) and only then renamed to DIR;
+# a later run finds the marker and reuses DIR, and a stage left incomplete is
+# made again from scratch. One that fails ends the run with LOG's last lines.
+cached_stage() { # DIR LOG LABEL MAKE [ARG...]
+  local dir=$1 log=$2 label=$3 t0
+  shift 3
+  if [ -f "$dir/.lwsi-complete" ]; then
+    ok "$label (cached)"
+    return 0
+  fi
+  rm -rf "$dir" "$dir.tmp"
   t0=$(date +%s)
-  if debootstrap --variant=minbase "$suite" "$base.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1; then
-    touch "$base.tmp/.lwsi-complete"
-    mv "$base.tmp" "$base"
-    ok "debootstrap --variant=minbase $suite ($(( $(date +%s) - t0 )) s)"
+  if "$@" "$dir.tmp" >"$log" 2>&1; then
+    touch "$dir.tmp/.lwsi-complete"
+    mv "$dir.tmp" "$dir"
+    ok "$label ($(( $(date +%s) - t0 )) s)"
   else
-    not_ok "debootstrap --variant=minbase $suite" "$(tail -n 20 "$cache/debootstrap.log")"
-    rm -rf "$base.tmp"
+    not_ok "$label" "$(tail -n 20 "$log")"
+    rm -rf "$dir.tmp"
     finish
   fi
-else
-  ok "debootstrap --variant=minbase $suite (cached)"
-fi
+}
 
 # In a private mount namespace with /proc: what a container's RUN line sees.
 in_root() { # DIR CMD...
   local dir=$1; shift
   unshare --mount --fork sh -c 'mount -t proc proc "$1/proc" && shift && exec chroot "$@"' \
     sh "$dir" "$dir" "$@"
+}
+
+# --- 1. a bare bookworm root ---------------------------------------------------
+base=$cache/base-$suite
+# shellcheck disable=SC2317  # called by cached_stage
+debootstrap_into() { debootstrap --variant=minbase "$suite" "$1" "$mirror"; }
+cached_stage "$base" "$cache/debootstrap.log" "debootstrap --variant=minbase $suite" \
+  debootstrap_into
+
+# A copy of the bare root (without its mark) with a Dockerfile's RUN line run
+# in it, as `docker build` does.
+# shellcheck disable=SC2317  # called by cached_stage
+run_in_copy() { # RUN-LINE DIR
+  cp -a "$base" "$2"
+  rm -f "$2/.lwsi-complete"
+  cp -L /etc/resolv.conf "$2/etc/resolv.conf"
+  in_root "$2" sh -c "$1"
 }
 
 # --- 2. the shipped binaries, built as container/Dockerfile's builder stage -----
@@ -107,23 +130,8 @@ run_after() { # FILE REGEX: the first RUN instruction after a line matching REGE
 run_builder=$(run_after "$repo/container/Dockerfile" '^FROM .* AS builder')
 key=$(printf '%s' "$run_builder" | sha256sum | cut -c1-16)
 builder=$cache/builder-$suite-$key
-if [ ! -f "$builder/.lwsi-complete" ]; then
-  rm -rf "$builder" "$builder.tmp"
-  cp -a "$base" "$builder.tmp"
-  rm -f "$builder.tmp/.lwsi-complete"
-  cp -L /etc/resolv.conf "$builder.tmp/etc/resolv.conf"
-  if in_root "$builder.tmp" sh -c "$run_builder" >"$cache/builder.log" 2>&1; then
-    touch "$builder.tmp/.lwsi-complete"
-    mv "$builder.tmp" "$builder"
-    ok "the Dockerfile's builder stage: its RUN line, in the bare root"
-  else
-    not_ok "the Dockerfile's builder stage: its RUN line, in the bare root" "$(tail -n 20 "$cache/builder.log")"
-    rm -rf "$builder.tmp"
-    finish
-  fi
-else
-  ok "the Dockerfile's builder stage: its RUN line, in the bare root (cached)"
-fi
+cached_stage "$builder" "$cache/builder.log" \
+  "the Dockerfile's builder stage: its RUN line, in the bare root" run_in_copy "$run_builder"
 rm -rf "$builder/src"
 mkdir -p "$builder/src"
 (cd "$repo" && tar --exclude='./build*' --exclude='./.git' -cf - .) | tar -xf - -C "$builder/src"
@@ -168,23 +176,8 @@ else
 fi
 key=$(printf '%s' "$run_sglang" | sha256sum | cut -c1-16)
 image=$cache/image-$suite-$key
-if [ ! -f "$image/.lwsi-complete" ]; then
-  rm -rf "$image" "$image.tmp"
-  cp -a "$base" "$image.tmp"
-  rm -f "$image.tmp/.lwsi-complete"
-  cp -L /etc/resolv.conf "$image.tmp/etc/resolv.conf"
-  if in_root "$image.tmp" sh -c "$run_sglang" >"$cache/run-line.log" 2>&1; then
-    touch "$image.tmp/.lwsi-complete"
-    mv "$image.tmp" "$image"
-    ok "the RUN line, in the bare root"
-  else
-    not_ok "the RUN line, in the bare root" "$(tail -n 20 "$cache/run-line.log")"
-    rm -rf "$image.tmp"
-    finish
-  fi
-else
-  ok "the RUN line, in the bare root (cached)"
-fi
+cached_stage "$image" "$cache/run-line.log" "the RUN line, in the bare root" \
+  run_in_copy "$run_sglang"
 grep -E '^(Setting up|Note, selecting)' "$cache/run-line.log" 2>/dev/null | diag
 install -m 0755 "$bin/lwsinit" "$bin/lwsinit-gpucheck" "$image/usr/local/bin/"
 in_root "$image" sh -c "ldconfig -p | grep -E 'libcrypto\.so\.3 |libcurl\.so\.4 '" | diag

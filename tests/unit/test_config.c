@@ -216,6 +216,29 @@ static void test_modes(void)
   TAP_OK(parse(p3, env, &cfg, err, sizeof(err)) == -EINVAL, "probe with a bad kind");
 }
 
+/* The --gpu-check names come from the parse table: each name parses to the
+ * mode whose name it is, so the agent and the status say what the user
+ * wrote. */
+static void test_gpu_check_name(void)
+{
+  static struct lwsi_config cfg;
+  char err[LWSI_CONFIG_ERR_MAX];
+  const char *env[] = {NULL};
+  static const char *const names[] = {"none", "cuda", "nccl"};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    const char *args[] = {"--gpu-check", names[i], "true", NULL};
+    int rc = parse(args, env, &cfg, err, sizeof(err));
+    TAP_OK(rc == 0, "--gpu-check %s parses (%s)", names[i], err);
+    TAP_STR_EQ(lwsi_config_gpu_check_name(cfg.gpu_check), names[i],
+               "the name of --gpu-check %s", names[i]);
+  }
+  TAP_STR_EQ(lwsi_config_gpu_check_name(LWSI_GPU_CHECK_NCCL), "nccl", "nccl by its enum");
+  TAP_STR_EQ(lwsi_config_gpu_check_name((enum lwsi_gpu_check)3), "?",
+             "a value past the last mode is '?'");
+  TAP_STR_EQ(lwsi_config_gpu_check_name((enum lwsi_gpu_check)-1), "?",
+             "a negative value is '?'");
+}
+
 int main(void)
 {
   test_bad();
@@ -224,5 +247,6 @@ int main(void)
   test_values();
   test_token();
   test_modes();
+  test_gpu_check_name();
   return tap_done();
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "tap.h"
+#include "tests/helpers/wire_msg.h"
 
 static void fill(uint8_t *p, size_t n, uint8_t seed)
 {
@@ -15,7 +16,8 @@ static void fill(uint8_t *p, size_t n, uint8_t seed)
     p[i] = (uint8_t)(seed + i * 7);
 }
 
-/* One sample of every message type, with every optional part present. */
+/* One sample of every message type, with every optional part present and
+ * the version set, as decode gives a message back. */
 static uint32_t sample_missing[] = {2, 3, 9};
 static struct lwsi_wire_member sample_members[3] = {
     {0, "10.0.0.1", "lws-0"}, {1, "10.0.0.2", "lws-0-1"}, {2, "fd00::3", "lws-0-2"}};
@@ -23,6 +25,7 @@ static struct lwsi_wire_member sample_members[3] = {
 static void sample(enum lwsi_msg_type t, struct lwsi_msg *m)
 {
   memset(m, 0, sizeof(*m));
+  m->v = LWSI_WIRE_VERSION;
   m->type = t;
   switch (t) {
   case LWSI_MSG_HELLO:
@@ -50,6 +53,8 @@ static void sample(enum lwsi_msg_type t, struct lwsi_msg *m)
   case LWSI_MSG_REFUSE:
     strcpy(m->refuse.code, "revision");
     strcpy(m->refuse.reason, "wrong revision: this worker has 'a', the leader 'b' — ünïcode ok");
+    m->refuse.auth = true;
+    memset(m->refuse.mac, 0x5a, sizeof(m->refuse.mac));
     break;
   case LWSI_MSG_WAITING:
     m->waiting.joined = 7;
@@ -90,63 +95,6 @@ static void sample(enum lwsi_msg_type t, struct lwsi_msg *m)
   }
 }
 
-static bool same(const struct lwsi_msg *a, const struct lwsi_msg *b)
-{
-  if (a->type != b->type)
-    return false;
-  switch (a->type) {
-  case LWSI_MSG_HELLO:
-    return memcmp(&a->hello, &b->hello, sizeof(a->hello)) == 0;
-  case LWSI_MSG_JOIN:
-    return a->join.rank == b->join.rank && a->join.size == b->join.size &&
-           a->join.gpus == b->join.gpus && strcmp(a->join.revision, b->join.revision) == 0 &&
-           strcmp(a->join.pod, b->join.pod) == 0 &&
-           memcmp(a->join.nonce, b->join.nonce, sizeof(a->join.nonce)) == 0 &&
-           memcmp(a->join.challenge, b->join.challenge, sizeof(a->join.challenge)) == 0 &&
-           memcmp(a->join.digest, b->join.digest, sizeof(a->join.digest)) == 0 &&
-           a->join.auth == b->join.auth &&
-           (!a->join.auth || memcmp(a->join.mac, b->join.mac, sizeof(a->join.mac)) == 0);
-  case LWSI_MSG_WELCOME:
-    return a->welcome.rank == b->welcome.rank && a->welcome.auth == b->welcome.auth &&
-           (!a->welcome.auth || memcmp(a->welcome.proof, b->welcome.proof, 32) == 0);
-  case LWSI_MSG_REFUSE:
-    return strcmp(a->refuse.code, b->refuse.code) == 0 &&
-           strcmp(a->refuse.reason, b->refuse.reason) == 0;
-  case LWSI_MSG_WAITING:
-    if (a->waiting.joined != b->waiting.joined || a->waiting.nmissing != b->waiting.nmissing ||
-        a->waiting.nlisted != b->waiting.nlisted)
-      return false;
-    for (uint32_t i = 0; i < a->waiting.nlisted; i++)
-      if (a->waiting.missing[i] != b->waiting.missing[i])
-        return false;
-    return true;
-  case LWSI_MSG_RELEASE:
-    if (a->release.size != b->release.size || a->release.nmembers != b->release.nmembers)
-      return false;
-    for (uint32_t i = 0; i < a->release.nmembers; i++) {
-      const struct lwsi_wire_member *x = &a->release.members[i], *y = &b->release.members[i];
-      if (x->rank != y->rank || strcmp(x->addr, y->addr) || strcmp(x->pod, y->pod))
-        return false;
-    }
-    return true;
-  case LWSI_MSG_FAIL:
-    return strcmp(a->fail.reason, b->fail.reason) == 0;
-  case LWSI_MSG_HB:
-    return a->hb.seq == b->hb.seq && a->hb.ts == b->hb.ts && a->hb.has_echo == b->hb.has_echo &&
-           a->hb.echo == b->hb.echo && a->hb.held == b->hb.held &&
-           strcmp(a->hb.child, b->hb.child) == 0 && a->hb.upstream == b->hb.upstream;
-  case LWSI_MSG_LOST:
-    return a->lost.rank == b->lost.rank && strcmp(a->lost.reason, b->lost.reason) == 0;
-  case LWSI_MSG_BYE:
-    return strcmp(a->bye.reason, b->bye.reason) == 0;
-  case LWSI_MSG_APP:
-    return strcmp(a->app.kind, b->app.kind) == 0 && a->app.data != NULL && b->app.data != NULL &&
-           strcmp(a->app.data, b->app.data) == 0;
-  default:
-    return false;
-  }
-}
-
 static void test_round_trips(void)
 {
   for (int t = LWSI_MSG_HELLO; t < LWSI_MSG_TYPE_COUNT; t++) {
@@ -163,7 +111,7 @@ static void test_round_trips(void)
     TAP_OK(n == len - LWSI_WIRE_HDR_LEN, "%s: the header holds the payload length", name);
     rc = lwsi_wire_decode(frame + LWSI_WIRE_HDR_LEN, len - LWSI_WIRE_HDR_LEN, &out);
     TAP_OK(rc == 0 && out.v == LWSI_WIRE_VERSION, "decode %s (rc %d)", name, rc);
-    TAP_OK(rc == 0 && same(&in, &out), "%s round-trips", name);
+    TAP_OK(rc == 0 && wire_msg_equal(&in, &out), "%s round-trips", name);
     lwsi_msg_free(&out);
     free(frame);
   }
@@ -177,7 +125,8 @@ static void test_round_trips(void)
   in.join.revision[0] = '\0';
   in.join.pod[0] = '\0';
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0, "encode an open join");
-  TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && same(&in, &out) && !out.join.auth,
+  TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out) &&
+             !out.join.auth,
          "an open join with empty revision and pod round-trips");
   TAP_OK(memmem(frame + 4, len - 4, "\"mac\"", 5) == NULL, "an open join carries no mac");
   lwsi_msg_free(&out);
@@ -186,7 +135,7 @@ static void test_round_trips(void)
   in.hb.has_echo = false;
   in.hb.echo = in.hb.held = 0;
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0, "encode a first heartbeat");
-  TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && same(&in, &out),
+  TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out),
          "a heartbeat without echo round-trips");
   lwsi_msg_free(&out);
   free(frame);
@@ -194,7 +143,7 @@ static void test_round_trips(void)
   in.waiting.nmissing = in.waiting.nlisted = 0;
   in.waiting.missing = NULL;
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0 &&
-             lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && same(&in, &out),
+             lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out),
          "an empty waiting list round-trips");
   lwsi_msg_free(&out);
   free(frame);
@@ -473,7 +422,8 @@ static void test_splitter(void)
         struct lwsi_msg out, in;
         if (lwsi_wire_decode(f, fl, &out) == 0) {
           sample(out.type, &in);
-          if (same(&in, &out) && out.type == (enum lwsi_msg_type)(LWSI_MSG_HELLO + got - 1))
+          if (wire_msg_equal(&in, &out) &&
+              out.type == (enum lwsi_msg_type)(LWSI_MSG_HELLO + got - 1))
             good++;
           lwsi_msg_free(&out);
         }
@@ -613,6 +563,29 @@ static void test_proofs(void)
   TAP_OK(lwsi_wire_welcome_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
              !lwsi_wire_mac_equal(wmac, mac2),
          "the leader's proof covers the worker's challenge");
+  /* The refusal's proof: its own label, bound to both challenges, and to
+   * the code and reason it carries. */
+  struct lwsi_msg_refuse rf = {.code = "revision", .reason = "wrong revision"};
+  uint8_t rmac[32];
+  TAP_OK(lwsi_wire_refuse_mac(tok, 6, &h.hello, &j.join, &rf, rmac) == 0 &&
+             !lwsi_wire_mac_equal(rmac, wmac) && !lwsi_wire_mac_equal(rmac, mac),
+         "the refusal's proof differs from the welcome's and the join's");
+  struct lwsi_msg_refuse rf2 = rf;
+  strcpy(rf2.reason, "wrong revisioN");
+  TAP_OK(lwsi_wire_refuse_mac(tok, 6, &h.hello, &j.join, &rf2, mac2) == 0 &&
+             !lwsi_wire_mac_equal(rmac, mac2),
+         "the refusal's proof covers its reason");
+  rf2 = rf;
+  strcpy(rf2.code, "token");
+  TAP_OK(lwsi_wire_refuse_mac(tok, 6, &h.hello, &j.join, &rf2, mac2) == 0 &&
+             !lwsi_wire_mac_equal(rmac, mac2),
+         "the refusal's proof covers its code");
+  TAP_OK(lwsi_wire_refuse_mac(tok, 6, &h.hello, &j2.join, &rf, mac2) == 0 &&
+             !lwsi_wire_mac_equal(rmac, mac2),
+         "the refusal's proof covers the worker's challenge (no replay)");
+  TAP_OK(lwsi_wire_refuse_mac(bad, 6, &h.hello, &j.join, &rf, mac2) == 0 &&
+             !lwsi_wire_mac_equal(rmac, mac2),
+         "the refusal's proof depends on the token");
   TAP_OK(lwsi_wire_join_mac(NULL, 0, &h.hello, &j.join, mac2) == -EINVAL, "no token: no mac");
   TAP_OK(lwsi_wire_mac_equal(mac, mac) && !lwsi_wire_mac_equal(mac, wmac), "mac_equal");
 }
