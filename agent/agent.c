@@ -617,7 +617,13 @@ static void start_rdzv(struct lwsi_agent *a)
   char why[400];
   int err = lwsi_cmdline_digest(cfg, rc.cmd_digest);
   if (err < 0) {
-    snprintf(why, sizeof(why), "cannot digest the launch command: %s", strerror(-err));
+    /* The one failure an operator can act on gets its remedy. */
+    if (err == -ELIBACC)
+      snprintf(why, sizeof(why),
+               "cannot digest the launch command: libcrypto.so.3 cannot be loaded (a member of a "
+               "group needs OpenSSL 3's libcrypto in the image, e.g. Debian's libssl3)");
+    else
+      snprintf(why, sizeof(why), "cannot digest the launch command: %s", strerror(-err));
     finish(a, 1, why);
     return;
   }

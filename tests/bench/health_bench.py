@@ -530,11 +530,12 @@ def machine_busy():
     return sum(v[:8]) - idle, sum(v[:8])
 
 
-def run_wrk(url, duration, threads=2, conns=100, server_pids=()):
+def run_wrk(url, duration, threads=2, conns=100, server_pids=(), cpu=None):
     before = {p: cpu_ticks(p) for p in server_pids}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, tot0 = machine_busy()
-    r = sh(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency", url])
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    r = sh(pin + ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency", url])
     busy1, tot1 = machine_busy()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {p: cpu_ticks(p) for p in server_pids}
@@ -662,6 +663,10 @@ def wait_quiet(limit_s, what, ctx, threshold=25.0):
     return busy
 
 
+def ctx_ncpu():
+    return len(os.sched_getaffinity(0))
+
+
 def probes(lwsinit, tmp, duration, rounds):
     out = {"rounds": []}
     try:
@@ -687,6 +692,25 @@ def probes(lwsinit, tmp, duration, rounds):
             log("1 connection, round %d: lwsinit %s; nginx %s" % (i + 1, summary(rl),
                                                                   summary(rn)))
             out["c1"].append((rl, rn))
+        # Pinned: the server alone on CPU 0, wrk (one thread) alone on
+        # CPU 1, so that neither waits behind the other's time slice; the
+        # same for both servers. What is left is the server's own queue.
+        out["pinned"] = []
+        if ctx_ncpu() >= 2:
+            every = os.sched_getaffinity(0)
+            servers = [lw.pid] + list(nworkers)
+            try:
+                for pid in servers:
+                    os.sched_setaffinity(pid, {0})
+                for i in range(rounds):
+                    rl = run_wrk(url_l, duration, threads=1, server_pids=[lw.pid], cpu=1)
+                    rn = run_wrk(url_n, duration, threads=1, server_pids=nworkers, cpu=1)
+                    log("pinned, round %d: lwsinit %s; nginx %s" % (i + 1, summary(rl),
+                                                                     summary(rn)))
+                    out["pinned"].append((rl, rn))
+            finally:
+                for pid in servers:
+                    os.sched_setaffinity(pid, every)
         out["sys_lwsinit"] = syscall_profile(lw.pid, url_l)
         out["sys_nginx"] = syscall_profile(nworkers[0], url_n) if nworkers else None
         log("system calls per answer: lwsinit %s; nginx %s" % (out["sys_lwsinit"],
@@ -862,6 +886,10 @@ def render(ctx, det, prb):
         for i, (rl, rn) in enumerate(prb["c1"]):
             row("lwsinit `/readyz`, one connection (`-t1 -c1 -d3s`), round %d" % (i + 1), rl)
             row("nginx, one connection, round %d" % (i + 1), rn)
+        for i, (rl, rn) in enumerate(prb.get("pinned", [])):
+            row("lwsinit `/readyz`, pinned: server on CPU 0, `taskset -c 1 wrk -t1 -c100`, "
+                "round %d" % (i + 1), rl)
+            row("nginx, 1 worker, pinned the same way, round %d" % (i + 1), rn)
         row("lwsinit `/readyz`, child SIGSTOPped (answers %s)" % prb.get("hung_code"),
             prb["hung"])
         row("lwsinit `/readyz`, upstream engine SIGSTOPped (answers 503)", prb["upstream_hung"])
@@ -887,6 +915,14 @@ def render(ctx, det, prb):
           "there, the cost of one probe, is in the table."
           % (TARGET_PROBE_P99_MS, ", ".join("%.3f" % x for x in p99s),
              ", ".join("%.3f" % x for x in np99s), verdict(prb["ok_p99"]), c1, c1n))
+        if prb.get("pinned"):
+            pl = [rl["lat"].get(99, float("inf")) for rl, _ in prb["pinned"]]
+            pn = [rn["lat"].get(99, float("inf")) for _, rn in prb["pinned"]]
+            prb["ok_pinned"] = all(x < TARGET_PROBE_P99_MS for x in pl)
+            a("- the same, with the server and wrk each on a CPU of its own (rows *pinned*, "
+              "both servers alike): lwsinit p99 %s ms, nginx %s ms: %s."
+              % (", ".join("%.3f" % x for x in pl), ", ".join("%.3f" % x for x in pn),
+                 verdict(prb["ok_pinned"])))
         a("- throughput at least %.0f %% of one nginx worker's: %.0f req/s against %.0f "
           "(all rounds), %.0f %%: %s."
           % (TARGET_VS_NGINX * 100, l_rps, n_rps, ratio * 100, verdict(prb["ok_rps"])))
