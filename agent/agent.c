@@ -175,11 +175,21 @@ static void launch(struct lwsi_agent *a)
 static void on_child_exited(struct lwsi_agent *a, int status)
 {
   int code = lwsi_supervisor_exit_code(status);
+  char what[128];
   if (WIFSIGNALED(status))
-    lwsi_log_info("the engine (pid %d) was killed by SIG%s (%d)", (int)a->sup.child,
-                  sigabbrev_np(WTERMSIG(status)), code);
+    snprintf(what, sizeof(what), "the engine (pid %d) was killed by SIG%s (%d)", (int)a->sup.child,
+             sigabbrev_np(WTERMSIG(status)), code);
   else
-    lwsi_log_info("the engine (pid %d) exited with status %d", (int)a->sup.child, code);
+    snprintf(what, sizeof(what), "the engine (pid %d) exited with status %d", (int)a->sup.child,
+             code);
+  /* An engine that ends on its own and not with 0 (a crash, the OOM
+   * killer's SIGKILL) is the pod's failure: its line goes to the
+   * termination log, where `kubectl describe pod` shows it. An end we
+   * asked for (a stop, a lost member) is not. */
+  if (code != 0 && a->stop_exit_code == 0 && a->phase != LWSI_PHASE_STOPPING)
+    report_failure(a, what);
+  else
+    lwsi_log_info("%s", what);
   if (a->stop_exit_code != 0) {
     finish(a, a->stop_exit_code, NULL);
     return;

@@ -682,6 +682,18 @@ int lwsi_config_parse(struct lwsi_config *cfg, int argc, char **argv, char **env
   enum lwsi_mode mode = cfg->mode;
   int cmd = collect_sources(src, cfg->mode == LWSI_MODE_RUN ? argc : 1, argv, envp, first, &mode,
                             err, errlen);
+  /* The termination log before anything can fail: a configuration error
+   * is a failure like any other, reported there too (contract, "Exit
+   * status"). As far as the sources were read; else the default. */
+  if (cfg->mode == LWSI_MODE_RUN) {
+    char ignored[LWSI_CONFIG_ERR_MAX];
+    const struct source *t = &src[O_TERMINATION_LOG];
+    if (t->text == NULL ||
+        apply_opt(cfg, &opts[O_TERMINATION_LOG], t, ignored, sizeof(ignored)) < 0)
+      snprintf(cfg->termination_log, sizeof(cfg->termination_log), "%s",
+               opts[O_TERMINATION_LOG].def);
+    cfg->termination_log_given = t->set;
+  }
   if (cmd < 0)
     return cmd;
   cfg->mode = mode;

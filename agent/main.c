@@ -6,6 +6,7 @@
 #include "lwsinit/probe_client.h"
 #include "lwsinit/status.h"
 #include "lwsinit/status_sock.h"
+#include "lwsinit/termlog.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -58,6 +59,22 @@ static int probe_command(const struct lwsi_config *cfg)
   return lwsi_probe_client_exit_code(rc, &res);
 }
 
+/* A configuration error goes to the termination log too, as every failure
+ * does (contract, "Exit status"): to the path given, or to the default
+ * when it exists (a Kubernetes container has /dev/termination-log). */
+static void report_config_error(const struct lwsi_config *cfg, const char *err)
+{
+  const char *path = cfg->termination_log;
+  if (cfg->mode != LWSI_MODE_RUN || path[0] == '\0')
+    return;
+  if (!cfg->termination_log_given && access(path, F_OK) != 0)
+    return;
+  int rc = lwsi_termlog_write(path, err, false);
+  if (rc < 0)
+    dprintf(STDERR_FILENO, "lwsinit: cannot write the termination log %s: %s\n", path,
+            strerror(-rc));
+}
+
 int main(int argc, char **argv)
 {
   /* Block signals before anything else, so that a SIGTERM that arrives
@@ -72,6 +89,7 @@ int main(int argc, char **argv)
   char err[LWSI_CONFIG_ERR_MAX];
   if (lwsi_config_parse(&cfg, argc, argv, environ, err, sizeof(err)) < 0) {
     dprintf(STDERR_FILENO, "%s\n", err);
+    report_config_error(&cfg, err);
     return LWSI_EXIT_USAGE;
   }
   switch (cfg.mode) {

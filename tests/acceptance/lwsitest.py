@@ -188,6 +188,9 @@ _EPHEMERAL = _ephemeral_range()
 _rng = random.Random(os.getpid() ^ int(time.time() * 1e6))
 
 
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port free right now on host, outside the kernel's ephemeral
     range: the kernel's own choice (bind to port 0) comes from that range,
@@ -202,11 +205,17 @@ def free_port(host="127.0.0.1"):
             break
         a, b = _rng.choice(candidates)
         port = _rng.randint(a, b)
+        # Never the same port twice to one test: a test that starts a few
+        # hundred agents at once would otherwise hand two of them the same
+        # free port (the birthday paradox) before either has bound it.
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

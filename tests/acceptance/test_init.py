@@ -131,6 +131,32 @@ def t_termination_log(t):
         lines = fh.read().splitlines()
     t.eq(len(lines), 1, "lines in the termination log given by variable: %r" % lines)
     t.ok(f in lines[0], "the line names the file: %r" % lines[0])
+    # A configuration error is a failure too: exit 2, its line in the log.
+    log3 = t.path("termination-log-3")
+    a = t.agent(["true"], ["--termination-log", log3, "--heartbeat", "8x"], testchild=False)
+    t.agent_rc(a, 2)
+    with open(log3) as fh:
+        lines = fh.read().splitlines()
+    t.eq(len(lines), 1, "lines in the termination log after a configuration error: %r" % lines)
+    t.ok("--heartbeat" in lines[0] and "8x" in lines[0],
+         "the line names the option: %r" % lines[0])
+    # An engine that fails on its own is the pod's failure: its line too.
+    log4 = t.path("termination-log-4")
+    a = t.agent(["sh", "-c", "exit 3"], ["--termination-log", log4], testchild=False)
+    t.agent_rc(a, 3)
+    with open(log4) as fh:
+        lines = fh.read().splitlines()
+    t.ok(len(lines) == 1 and "exited with status 3" in lines[0],
+         "an engine's own failure is logged there: %r" % lines)
+    # One we stopped is not (SIGTERM: the engine's 143 is the stop's).
+    log5 = t.path("termination-log-5")
+    ev = t.path("events5")
+    a = t.agent(["signals", ev], ["--termination-log", log5])
+    lt.wait_for(lambda: os.path.exists(ev), 10, "the child to be up")
+    a.kill(signal.SIGTERM)
+    a.wait(10)
+    t.ok(not os.path.exists(log5) or open(log5).read() == "",
+         "a stop we asked for writes nothing there")
 
 
 def state_of(t, a, path):
@@ -307,7 +333,8 @@ lt.main([
     ("COMMAND not found: 127, named on stderr", t_not_found),
     ("COMMAND not executable: 126, named on stderr", t_not_executable),
     ("no COMMAND is a usage error: 2 and one line", t_no_command),
-    ("the termination log gets one line on a failed exec", t_termination_log),
+    ("the termination log gets one line on a failed exec or a configuration error",
+     t_termination_log),
     ("the child gets the caller's signal mask and ignored signals", t_mask_and_dispositions),
     ("the child inherits the passed descriptors and none of the agent's", t_descriptors),
     ("the child leads its own process group, the agent its parent", t_process_group),
