@@ -564,6 +564,9 @@ def run_wrk(url, duration, threads=2, conns=100, server_pids=(), cpu=None):
     wrk_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     other = (busy1 - busy0) / hz - ticks / hz - wrk_s
     res["other_pct"] = max(0.0, 100.0 * other / ((tot1 - tot0) / hz)) if tot1 > tot0 else None
+    # Each as a share of one CPU over the run: which side is saturated.
+    res["client_cpu_pct"] = 100.0 * wrk_s / duration
+    res["server_cpu_pct"] = 100.0 * (ticks / hz) / duration
     return res
 
 
@@ -765,6 +768,20 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
+def pinned_verdict(runs):
+    """Which side of a pinned run was saturated, in words."""
+    client = all(r["client_cpu_pct"] >= 90 for r in runs)
+    server = all(r["server_cpu_pct"] >= 90 for r in runs)
+    if client and not server:
+        return ("the load generator, not the server, is saturated, so these latencies are "
+                "mostly wrk's own queue: 100 requests in flight at what one wrk thread can send")
+    if client and server:
+        return ("both are saturated: each side's CPU is the limit, and with 100 requests in "
+                "flight the mean latency is 100 / throughput (Little's law), above 1 ms below "
+                "100 000 req/s")
+    return "the server is the busier side" if server else "neither side is saturated"
+
+
 def render(ctx, det, prb):
     L = []
     a = L.append
@@ -920,9 +937,15 @@ def render(ctx, det, prb):
             pn = [rn["lat"].get(99, float("inf")) for _, rn in prb["pinned"]]
             prb["ok_pinned"] = all(x < TARGET_PROBE_P99_MS for x in pl)
             a("- the same, with the server and wrk each on a CPU of its own (rows *pinned*, "
-              "both servers alike): lwsinit p99 %s ms, nginx %s ms: %s."
+              "both servers alike): lwsinit p99 %s ms, nginx %s ms: %s. wrk used %s %% of "
+              "its CPU, the server %s %% of its (lwsinit rounds; nginx: %s / %s %%): %s."
               % (", ".join("%.3f" % x for x in pl), ", ".join("%.3f" % x for x in pn),
-                 verdict(prb["ok_pinned"])))
+                 verdict(prb["ok_pinned"]),
+                 ", ".join("%.0f" % rl["client_cpu_pct"] for rl, _ in prb["pinned"]),
+                 ", ".join("%.0f" % rl["server_cpu_pct"] for rl, _ in prb["pinned"]),
+                 ", ".join("%.0f" % rn["client_cpu_pct"] for _, rn in prb["pinned"]),
+                 ", ".join("%.0f" % rn["server_cpu_pct"] for _, rn in prb["pinned"]),
+                 pinned_verdict([rl for rl, _ in prb["pinned"]])))
         a("- throughput at least %.0f %% of one nginx worker's: %.0f req/s against %.0f "
           "(all rounds), %.0f %%: %s."
           % (TARGET_VS_NGINX * 100, l_rps, n_rps, ratio * 100, verdict(prb["ok_rps"])))
