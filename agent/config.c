@@ -688,11 +688,14 @@ int lwsi_config_parse(struct lwsi_config *cfg, int argc, char **argv, char **env
   if (cfg->mode == LWSI_MODE_RUN) {
     char ignored[LWSI_CONFIG_ERR_MAX];
     const struct source *t = &src[O_TERMINATION_LOG];
-    if (t->text == NULL ||
-        apply_opt(cfg, &opts[O_TERMINATION_LOG], t, ignored, sizeof(ignored)) < 0)
+    bool given = t->set && t->text != NULL &&
+                 apply_opt(cfg, &opts[O_TERMINATION_LOG], t, ignored, sizeof(ignored)) == 0;
+    /* A value we could not take is not "given": the default is then
+     * written only if it exists, as always. */
+    if (!given)
       snprintf(cfg->termination_log, sizeof(cfg->termination_log), "%s",
                opts[O_TERMINATION_LOG].def);
-    cfg->termination_log_given = t->set;
+    cfg->termination_log_given = given;
   }
   if (cmd < 0)
     return cmd;

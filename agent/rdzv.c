@@ -425,7 +425,7 @@ static uint64_t tick_next(struct lwsi_rdzv *r)
       due = min_due(due, now + r->tick_gap);
     for (struct lwsi_rdzv_conn *c = r->pending; c != NULL; c = c->next)
       due = min_due(due, c->deadline);
-    for (uint32_t i = 1; i < r->cfg.size; i++) {
+    for (uint32_t i = 1; beats && i < r->cfg.size; i++) {
       struct lwsi_rdzv_conn *c = r->slots[i].conn;
       if (c != NULL && c->state == C_MEMBER)
         due = min_due(due, c->last_rx + silence);
@@ -825,9 +825,12 @@ static bool leader_refuse(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   va_end(ap);
   if (n < 0)
     m.refuse.reason[0] = '\0';
-  /* Signed even when the worker's own proof failed: a worker with another
-   * token cannot check it and keeps trying, which is right, since it cannot
-   * tell us from an impostor either. */
+  /* Signed only for a join whose own proof held (the callers pass NULL
+   * before that): a refusal signed for an unproven join would let a relay
+   * on the leader's address strip a real worker's proof and have us sign
+   * the worker's end. A worker with another token, or none, cannot check a
+   * signature anyway; it keeps trying, since it cannot tell us from an
+   * impostor either. */
   if (r->token != NULL && j != NULL)
     m.refuse.auth = lwsi_wire_refuse_mac(r->token, r->cfg.token_len, &c->hello, j, &m.refuse,
                                          m.refuse.mac) == 0;
@@ -918,13 +921,13 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   /* Authentication first: without the proof, the peer learns nothing more
    * about this group than that it needs a token. */
   if (r->token != NULL && !j->auth) {
-    leader_refuse(r, c, j, rank, "token",
+    leader_refuse(r, c, NULL, rank, "token",
                   "the leader requires a token and this worker has none (check --token-file "
                   "on both)");
     return;
   }
   if (r->token == NULL && j->auth) {
-    leader_refuse(r, c, j, rank, "token",
+    leader_refuse(r, c, NULL, rank, "token",
                   "this worker has a token but the leader has none (check --token-file on "
                   "both)");
     return;
@@ -935,7 +938,7 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
     bool ok = rc == 0 && lwsi_wire_mac_equal(mac, j->mac);
     explicit_bzero(mac, sizeof(mac));
     if (!ok) {
-      leader_refuse(r, c, j, rank, "token",
+      leader_refuse(r, c, NULL, rank, "token",
                     "wrong token: the worker's proof does not match the "
                     "leader's token");
       return;
@@ -1366,6 +1369,8 @@ static void worker_send_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c)
                "cannot encode the join (its text breaks the wire rules)");
 }
 
+static void worker_unproven(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const char *reason);
+
 static void worker_welcome(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
                            const struct lwsi_msg_welcome *w)
 {
@@ -1383,9 +1388,9 @@ static void worker_welcome(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
               lwsi_wire_mac_equal(mac, w->proof);
     explicit_bzero(mac, sizeof(mac));
     if (!ok) {
-      worker_end(r, c, LWSI_RDZV_EV_REFUSED,
-                 "the leader did not prove it has the token (an impostor, or a different "
-                 "token)");
+      /* Anyone who answers on the leader's address can send a welcome:
+       * without the proof it ends nothing (docs/security.md 3.4). */
+      worker_unproven(r, c, "welcome");
       return;
     }
   }

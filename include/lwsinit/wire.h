@@ -239,7 +239,6 @@ int lwsi_wire_welcome_mac(const uint8_t *token, size_t token_len,
                           const struct lwsi_msg_hello *hello, const struct lwsi_msg_join *join,
                           uint8_t mac[LWSI_WIRE_MAC_LEN]);
 
-/* Compares two MACs in constant time (CRYPTO_memcmp). */
 /* The leader's proof on a refusal: HMAC-SHA256(token, "lwsinit/1 refuse"
  * || the worker's challenge and nonce || the leader's challenge and nonce
  * || rank || the code || the reason). A worker that holds a token takes a
@@ -249,6 +248,7 @@ int lwsi_wire_refuse_mac(const uint8_t *token, size_t token_len, const struct lw
                          const struct lwsi_msg_join *j, const struct lwsi_msg_refuse *rf,
                          uint8_t mac[LWSI_WIRE_MAC_LEN]);
 
+/* Compares two MACs in constant time (CRYPTO_memcmp). */
 bool lwsi_wire_mac_equal(const uint8_t a[LWSI_WIRE_MAC_LEN], const uint8_t b[LWSI_WIRE_MAC_LEN]);
 
 #endif

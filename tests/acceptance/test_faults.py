@@ -648,6 +648,7 @@ def t_fake_leader(t):
         ("refuse", {"type": "refuse", "code": "token", "reason": "go away"}),
         ("fail", {"type": "fail", "reason": "the group has failed: boom"}),
         ("version", None),
+        ("welcome", {"type": "welcome", "rank": 1, "auth": False}),
     ]
     seen = []
     stop = threading.Event()
@@ -682,8 +683,8 @@ def t_fake_leader(t):
     th = threading.Thread(target=serve, daemon=True)
     th.start()
     try:
-        w = g.start(1, leader="127.0.0.1", opts=["--rdzv-timeout", "4"])
-        lt.wait_for(lambda: len(seen) >= 3, 10 * lt.SCALE, "three answers from the fake leader")
+        w = g.start(1, leader="127.0.0.1", opts=["--rdzv-timeout", "5"])
+        lt.wait_for(lambda: len(seen) >= 4, 12 * lt.SCALE, "four answers from the fake leader")
         t.ok(w.running(), "the worker is still running after %s" % ", ".join(seen))
         t.agent_rc(w, 4, timeout=15)
         err = w.stderr()
@@ -693,12 +694,37 @@ def t_fake_leader(t):
         stop.set()
         th.join(5)
         lsock.close()
-    # The real leader on the same port: the same kind of worker joins it.
+    # The real leader on the same port. It signs no refusal of a join whose
+    # own proof failed or is missing: a relay could otherwise strip a real
+    # worker's proof and pass it the leader's genuinely signed refusal.
     g.start(0, leader="127.0.0.1")
+    lt.wait_for(lambda: can_connect("127.0.0.1", g.port), 10 * lt.SCALE, "the leader to listen")
+    for auth, mac in ((False, None), (True, "33" * 32)):
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as c:
+            hello = read_frame(c, 5 * lt.SCALE)
+            join = {"v": 1, "type": "join", "rank": 1, "size": 2, "gpus": 0, "revision": "",
+                    "pod": "relay", "nonce": "44" * 16, "challenge": "55" * 32,
+                    "digest": "66" * 32, "auth": auth}
+            if mac:
+                join["mac"] = mac
+            send(c, join)
+            ans = read_frame(c, 5 * lt.SCALE)
+        t.ok(hello and ans and ans.get("type") == "refuse" and ans.get("code") == "token"
+             and "mac" not in ans,
+             "a %s join gets an unsigned refusal: %r" % ("badly proven" if auth else "unproven",
+                                                        ans))
     g.start(1, leader="127.0.0.1")
     for r in range(2):
         g.state(r, timeout=15)
     t.ok(True, "the real leader forms the group")
+
+
+def can_connect(host, port):
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def t_rdzv_slow_and_flood(t):
