@@ -1827,6 +1827,7 @@ static void on_check(uv_check_t *h)
   if (r->tick_due) {
     r->tick_due = false;
     r->last_tick = uv_now(r->loop);
+    r->ticks++;
     if (r->leader)
       leader_tick(r);
     else

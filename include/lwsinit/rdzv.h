@@ -155,6 +155,7 @@ struct lwsi_rdzv {
   char nonce_hex[2 * LWSI_WIRE_NONCE_LEN + 1];
   char leader_addr[LWSI_WIRE_ADDR_MAX]; /* leader: its own address, as workers reach it */
   uint32_t attempts;                    /* worker: connection attempts since the last join */
+  uint64_t ticks;                       /* ticks run (tests: how often an idle agent wakes) */
 
   /* Test hook: while true, this agent sends no heartbeats. */
   bool mute_heartbeats;

@@ -1002,6 +1002,37 @@ static struct agent *form(struct agent *a, uint32_t size, const char *what)
   return a;
 }
 
+/* The tick is armed for the next deadline, not run on a fixed period: a
+ * formed group with a 1 s heartbeat wakes each agent about once a second
+ * for it, not every tick gap (100 ms here: handshake 400 ms / 4). */
+static void test_idle_ticks(void)
+{
+  const char *what = "idle ticks";
+  setup();
+  struct agent a[2];
+  struct lwsi_rdzv_config c;
+  config(&c, 2, 0, 0);
+  c.heartbeat_ms = 1000;
+  c.peer_timeout_ms = 5000;
+  start(&a[0], &c);
+  config(&c, 2, 1, lwsi_rdzv_port(&a[0].r));
+  c.heartbeat_ms = 1000;
+  c.peer_timeout_ms = 5000;
+  start(&a[1], &c);
+  TAP_OK(WAIT_UNTIL(all_count(a, 2, LWSI_RDZV_EV_RELEASED, 1), 3000), "%s: the group forms",
+         what);
+  uint64_t l0 = a[0].r.ticks, w0 = a[1].r.ticks;
+  pause_ms(2000);
+  uint64_t l = a[0].r.ticks - l0, w = a[1].r.ticks - w0;
+  /* About 2 each (one per heartbeat); a periodic tick would give 20. */
+  TAP_OK(l >= 1 && l <= 5 && w >= 1 && w <= 5,
+         "%s: in 2 s the leader ticked %llu times, the worker %llu", what, (unsigned long long)l,
+         (unsigned long long)w);
+  TAP_OK(a[0].count[LWSI_RDZV_EV_LOST] == 0 && a[1].count[LWSI_RDZV_EV_LOST] == 0,
+         "%s: and nobody is lost", what);
+  teardown(a, 2, what);
+}
+
 /* After release, a closed worker is reported to the leader and to the
  * others at once. */
 static void test_loss_closed(void)
@@ -1509,6 +1540,7 @@ int main(void)
   test_leader_restart();
   test_set_leader();
   test_deadlines();
+  test_idle_ticks();
   test_loss_closed();
   test_loss_silent();
   test_bye();
