@@ -49,11 +49,9 @@ static void report_failure(struct lwsi_agent *a, const char *why)
   snprintf(a->last_error, sizeof(a->last_error), "%s", why);
   lwsi_log_error("%s", why);
   const char *path = a->cfg->termination_log;
-  if (a->cfg->termination_log_given || access(path, F_OK) == 0) {
-    int rc = lwsi_termlog_write(path, why, false);
-    if (rc < 0)
-      lwsi_log_warn("cannot write the termination log %s: %s", path, strerror(-rc));
-  }
+  int rc = lwsi_termlog_report(path, a->cfg->termination_log_given, why);
+  if (rc < 0)
+    lwsi_log_warn("cannot write the termination log %s: %s", path, strerror(-rc));
 }
 
 /* Ends the run with code; why, when given, is the failure to report. */

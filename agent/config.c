@@ -722,7 +722,6 @@ int lwsi_config_parse(struct lwsi_config *cfg, int argc, char **argv, char **env
   }
   cfg->has_dns_server = src[O_DNS_SERVER].set;
   cfg->has_dist_port = src[O_DIST_PORT].set;
-  cfg->termination_log_given = src[O_TERMINATION_LOG].set;
 
   int rc = check_group(cfg, src, err, errlen);
   if (rc < 0)

@@ -65,11 +65,9 @@ static int probe_command(const struct lwsi_config *cfg)
 static void report_config_error(const struct lwsi_config *cfg, const char *err)
 {
   const char *path = cfg->termination_log;
-  if (cfg->mode != LWSI_MODE_RUN || path[0] == '\0')
+  if (cfg->mode != LWSI_MODE_RUN)
     return;
-  if (!cfg->termination_log_given && access(path, F_OK) != 0)
-    return;
-  int rc = lwsi_termlog_write(path, err, false);
+  int rc = lwsi_termlog_report(path, cfg->termination_log_given, err);
   if (rc < 0)
     dprintf(STDERR_FILENO, "lwsinit: cannot write the termination log %s: %s\n", path,
             strerror(-rc));

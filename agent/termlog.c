@@ -51,3 +51,10 @@ int lwsi_termlog_write(const char *path, const char *msg, bool keep_existing)
     rc = -errno;
   return rc;
 }
+
+int lwsi_termlog_report(const char *path, bool given, const char *msg)
+{
+  if (path == NULL || path[0] == '\0' || (!given && access(path, F_OK) != 0))
+    return 0;
+  return lwsi_termlog_write(path, msg, false);
+}

@@ -799,18 +799,26 @@ int lwsi_wire_join_mac(const uint8_t *token, size_t token_len, const struct lwsi
   return mac_of(token, token_len, &m, mac);
 }
 
+/* What every leader proof starts with: its label (with the NUL, so that
+ * it ends unambiguously), the worker's challenge and nonce first (the
+ * proof answers them), then the leader's, then the rank. */
+static void mb_leader(struct macbuf *m, const char *label, const struct lwsi_msg_hello *hello,
+                      const struct lwsi_msg_join *j)
+{
+  mb_put(m, label, strlen(label) + 1);
+  mb_put(m, j->challenge, sizeof(j->challenge));
+  mb_put(m, j->nonce, sizeof(j->nonce));
+  mb_put(m, hello->challenge, sizeof(hello->challenge));
+  mb_put(m, hello->nonce, sizeof(hello->nonce));
+  mb_u32(m, j->rank);
+}
+
 int lwsi_wire_welcome_mac(const uint8_t *token, size_t token_len,
                           const struct lwsi_msg_hello *hello, const struct lwsi_msg_join *j,
                           uint8_t mac[LWSI_WIRE_MAC_LEN])
 {
-  static const char label[] = "lwsinit/1 welcome";
   struct macbuf m = {.n = 0};
-  mb_put(&m, label, sizeof(label));
-  mb_put(&m, j->challenge, sizeof(j->challenge));
-  mb_put(&m, j->nonce, sizeof(j->nonce));
-  mb_put(&m, hello->challenge, sizeof(hello->challenge));
-  mb_put(&m, hello->nonce, sizeof(hello->nonce));
-  mb_u32(&m, j->rank);
+  mb_leader(&m, "lwsinit/1 welcome", hello, j);
   return mac_of(token, token_len, &m, mac);
 }
 
@@ -818,14 +826,8 @@ int lwsi_wire_refuse_mac(const uint8_t *token, size_t token_len, const struct lw
                          const struct lwsi_msg_join *j, const struct lwsi_msg_refuse *rf,
                          uint8_t mac[LWSI_WIRE_MAC_LEN])
 {
-  static const char label[] = "lwsinit/1 refuse";
   struct macbuf m = {.n = 0};
-  mb_put(&m, label, sizeof(label));
-  mb_put(&m, j->challenge, sizeof(j->challenge));
-  mb_put(&m, j->nonce, sizeof(j->nonce));
-  mb_put(&m, hello->challenge, sizeof(hello->challenge));
-  mb_put(&m, hello->nonce, sizeof(hello->nonce));
-  mb_u32(&m, j->rank);
+  mb_leader(&m, "lwsinit/1 refuse", hello, j);
   mb_text(&m, rf->code, sizeof(rf->code));
   mb_text(&m, rf->reason, sizeof(rf->reason));
   return mac_of(token, token_len, &m, mac);

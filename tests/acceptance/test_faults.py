@@ -715,8 +715,8 @@ def t_fake_leader(t):
                                                         ans))
     g.start(1, leader="127.0.0.1")
     for r in range(2):
-        g.state(r, timeout=15)
-    t.ok(True, "the real leader forms the group")
+        t.eq(g.state(r, timeout=15).get("env.LWSINIT_RANK"), str(r),
+             "the real leader forms the group: rank %d's engine runs" % r)
 
 
 def can_connect(host, port):

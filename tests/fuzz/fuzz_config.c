@@ -99,6 +99,21 @@ static char *token_path(const char *v)
   return p;
 }
 
+/* *item is prefix followed by a path: the same prefix, the path redirected
+ * (token_path). */
+static void redirect(char **item, const char *prefix)
+{
+  size_t n = strlen(prefix);
+  char *p = token_path(*item + n);
+  char *out = malloc(n + strlen(p) + 1);
+  CHECK(out != NULL);
+  memcpy(out, prefix, n);
+  strcpy(out + n, p);
+  free(p);
+  free(*item);
+  *item = out;
+}
+
 static char *dup_exact(const char *s)
 {
   char *p = strdup(s);
@@ -181,28 +196,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       free(argv[i + 1]);
       argv[i + 1] = p;
     } else if (strncmp(argv[i], "--token-file=", 13) == 0) {
-      char *p = token_path(argv[i] + 13);
-      char *a = malloc(13 + strlen(p) + 1);
-      CHECK(a != NULL);
-      memcpy(a, "--token-file=", 13);
-      strcpy(a + 13, p);
-      free(p);
-      free(argv[i]);
-      argv[i] = a;
+      redirect(&argv[i], "--token-file=");
     }
   }
-  for (int i = 0; i < envc; i++) {
-    if (strncmp(envp[i], "LWSINIT_TOKEN_FILE=", 19) == 0) {
-      char *p = token_path(envp[i] + 19);
-      char *e = malloc(19 + strlen(p) + 1);
-      CHECK(e != NULL);
-      memcpy(e, "LWSINIT_TOKEN_FILE=", 19);
-      strcpy(e + 19, p);
-      free(p);
-      free(envp[i]);
-      envp[i] = e;
-    }
-  }
+  for (int i = 0; i < envc; i++)
+    if (strncmp(envp[i], "LWSINIT_TOKEN_FILE=", 19) == 0)
+      redirect(&envp[i], "LWSINIT_TOKEN_FILE=");
 
   struct lwsi_config *cfg = malloc(sizeof(*cfg));
   char *err = malloc(LWSI_CONFIG_ERR_MAX);

@@ -986,20 +986,36 @@ static void test_deadlines(void)
   teardown(a, 2, what);
 }
 
-static struct agent *form(struct agent *a, uint32_t size, const char *what)
+/* Forms a group of size with the test configuration, changed by tweak
+ * (when given) on every member. */
+static struct agent *form_with(struct agent *a, uint32_t size, const char *what,
+                               void (*tweak)(struct lwsi_rdzv_config *c))
 {
   setup();
   struct lwsi_rdzv_config c;
-  config(&c, size, 0, 0);
-  start(&a[0], &c);
-  uint16_t port = lwsi_rdzv_port(&a[0].r);
-  for (uint32_t i = 1; i < size; i++) {
+  uint16_t port = 0;
+  for (uint32_t i = 0; i < size; i++) {
     config(&c, size, i, port);
+    if (tweak != NULL)
+      tweak(&c);
     start(&a[i], &c);
+    if (i == 0)
+      port = lwsi_rdzv_port(&a[0].r);
   }
   TAP_OK(WAIT_UNTIL(all_count(a, size, LWSI_RDZV_EV_RELEASED, 1), 3000), "%s: the group forms",
          what);
   return a;
+}
+
+static struct agent *form(struct agent *a, uint32_t size, const char *what)
+{
+  return form_with(a, size, what, NULL);
+}
+
+static void slow_heartbeat(struct lwsi_rdzv_config *c)
+{
+  c->heartbeat_ms = 1000;
+  c->peer_timeout_ms = 5000;
 }
 
 /* The tick is armed for the next deadline, not run on a fixed period: a
@@ -1008,19 +1024,8 @@ static struct agent *form(struct agent *a, uint32_t size, const char *what)
 static void test_idle_ticks(void)
 {
   const char *what = "idle ticks";
-  setup();
   struct agent a[2];
-  struct lwsi_rdzv_config c;
-  config(&c, 2, 0, 0);
-  c.heartbeat_ms = 1000;
-  c.peer_timeout_ms = 5000;
-  start(&a[0], &c);
-  config(&c, 2, 1, lwsi_rdzv_port(&a[0].r));
-  c.heartbeat_ms = 1000;
-  c.peer_timeout_ms = 5000;
-  start(&a[1], &c);
-  TAP_OK(WAIT_UNTIL(all_count(a, 2, LWSI_RDZV_EV_RELEASED, 1), 3000), "%s: the group forms",
-         what);
+  form_with(a, 2, what, slow_heartbeat);
   uint64_t l0 = a[0].r.ticks, w0 = a[1].r.ticks;
   pause_ms(2000);
   uint64_t l = a[0].r.ticks - l0, w = a[1].r.ticks - w0;
