@@ -9,6 +9,7 @@ pkgs=(
   python3 dnsmasq-base iproute2 util-linux procps valgrind scdoc
   python3-yaml python3-jsonschema debootstrap binutils dpkg-dev
   clang libclang-rt-14-dev llvm
+  podman runc
 )
 
 missing=()
