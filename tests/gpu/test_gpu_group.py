@@ -12,10 +12,14 @@ import lwsitest as lt  # noqa: E402
 from test_group import Group  # noqa: E402
 
 FAKE = os.environ.get("LWSI_FAKEGPU", "")
+# The check program as built: the agent looks for it beside itself (as an
+# image installs them), but the build puts it in a folder of its own.
+GPUCHECK = os.environ.get("LWSI_GPUCHECK", "")
 
 
 def fake_env(**extra):
-    env = {"LWSINIT_CUDART": FAKE, "LWSINIT_NCCL": FAKE, "FAKEGPU_DEVICES": "2"}
+    env = {"LWSINIT_CUDART": FAKE, "LWSINIT_NCCL": FAKE, "FAKEGPU_DEVICES": "2",
+           "LWSINIT_GPUCHECK": GPUCHECK}
     env.update(extra)
     return env
 
