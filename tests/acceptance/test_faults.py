@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The fault matrix of issue 7, part 1: the group, the network, DNS and the
+"""The fault matrix, part 1: the group, the network, DNS and the
 rendezvous and probe ports (docs/reliability.md lists every row and the
 test that holds it; rows already held by test_group.py, test_health.py
 and the GPU tests are not repeated here).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The GPU check end to end (issue 5): real agents in a local group of 4,
+"""The GPU check end to end: real agents in a local group of 4,
 each running lwsinit-gpucheck against the fake CUDA/NCCL library, whose
 all-reduce really sums across the 4 processes. A failure on one node fails
 the whole group with exit 5 before any engine starts."""
@@ -39,7 +39,8 @@ def t_nccl_passes(t):
     t.ok("passed on all 4 nodes" in g.agents[0].stderr(), "the leader says the check passed")
     code, body = g.get(0, "/status")
     t.eq(code, 200, "status")
-    # The results reach /status, /metrics and lwsinit status (issue 5).
+    # The results reach /status, /metrics and lwsinit status, where an
+    # operator looks for why a group did not start.
     for r in (0, 3):
         code, body = g.get(r, "/status")
         gc = json.loads(body).get("gpu_check", {})
