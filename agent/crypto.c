@@ -26,7 +26,8 @@ int lwsi_crypto_load(void)
   /* Before anything else initialises it: no openssl.cnf. SHA-256 and HMAC
    * come from the built-in default provider; reading the system's
    * configuration costs a file read and a parse in every agent's start
-   * (issue 3), and would let it change what PID 1 loads
+   * (measurable in a group's start-up, docs/benchmarks.md), and would let
+   * it change what PID 1 loads
    * (engines, providers: OPENSSL_init_crypto(3), config(5ossl)). */
   __typeof__(&OPENSSL_init_crypto) init =
       (__typeof__(init))dlsym(h, "OPENSSL_init_crypto");

@@ -1,6 +1,8 @@
+/* Owns running the GPU check as the agent's child (include/lwsinit/gpurun.h). */
 #include "lwsinit/gpurun.h"
 
 #include "lwsinit/launcher.h"
+#include "lwsinit/text.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -9,11 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static void copy_str(char *dst, size_t n, const char *src)
-{
-  snprintf(dst, n, "%s", src != NULL ? src : "");
-}
 
 static void maybe_gone(struct lwsi_gpurun *r)
 {
@@ -30,12 +27,12 @@ static void take_result(struct lwsi_gpurun *r, cJSON *ev, const char *line)
   r->have_result = true;
   r->ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ev, "ok"));
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(ev, "error");
-  copy_str(r->error, sizeof(r->error), cJSON_IsString(err) ? err->valuestring : "");
+  lwsi_text_copy(r->error, sizeof(r->error), cJSON_IsString(err) ? err->valuestring : "");
   const cJSON *devs = cJSON_GetObjectItemCaseSensitive(ev, "devices");
   r->ndevices = cJSON_IsArray(devs) ? (unsigned)cJSON_GetArraySize(devs) : 0;
   const cJSON *d0 = cJSON_IsArray(devs) ? cJSON_GetArrayItem(devs, 0) : NULL;
   const cJSON *name = cJSON_GetObjectItemCaseSensitive(d0, "name");
-  copy_str(r->model, sizeof(r->model), cJSON_IsString(name) ? name->valuestring : "");
+  lwsi_text_copy(r->model, sizeof(r->model), cJSON_IsString(name) ? name->valuestring : "");
   const cJSON *bw = cJSON_GetObjectItemCaseSensitive(ev, "busbw_gbps");
   r->busbw_gbps = cJSON_IsNumber(bw) ? bw->valuedouble : -1;
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(ev, "time_ms");
@@ -56,7 +53,7 @@ static void on_line(struct lwsi_gpurun *r, const char *line)
   if (cJSON_IsString(type) && strcmp(type->valuestring, "nccl_id") == 0) {
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(ev, "id");
     if (cJSON_IsString(id) && strlen(id->valuestring) < sizeof(r->id)) {
-      copy_str(r->id, sizeof(r->id), id->valuestring);
+      lwsi_text_copy(r->id, sizeof(r->id), id->valuestring);
       r->cb(r, LWSI_GPURUN_ID);
     }
   } else if (cJSON_IsString(type) && strcmp(type->valuestring, "result") == 0 &&
@@ -139,10 +136,17 @@ int lwsi_gpurun_start(struct lwsi_gpurun *r, uv_loop_t *loop, char *const *argv,
   r->defer.data = r;
   r->timer_open = true;
   rc = uv_pipe_open(&r->out, out[0]);
-  if (rc == 0)
-    rc = uv_read_start((uv_stream_t *)&r->out, on_alloc, on_read);
   if (rc < 0) {
+    /* Refused: the handle did not take the descriptor, so it is ours. */
     close(out[0]);
+    lwsi_gpurun_kill(r);
+    return rc;
+  }
+  /* From here the handle owns out[0] and uv_close closes it
+   * (lwsi_gpurun_close): closing it here as well would close a number
+   * that may by then belong to someone else. */
+  rc = uv_read_start((uv_stream_t *)&r->out, on_alloc, on_read);
+  if (rc < 0) {
     lwsi_gpurun_kill(r);
     return rc;
   }

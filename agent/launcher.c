@@ -100,7 +100,7 @@ int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *ch
  * later write of ours would fault once), and the exec has no copied
  * address space to tear down. On a node that starts a group of many
  * members, or in a VM where page-table work is slow, fork was most of the
- * cost of a launch (docs/benchmarks.md, issue 3). What the child may do
+ * cost of a launch (docs/benchmarks.md). What the child may do
  * before exec is what child_exec does: system calls on its own arguments,
  * nothing that allocates or returns from this frame. No signal handler can
  * run in it: the agent catches none (every signal is blocked and read from
@@ -136,11 +136,11 @@ int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t 
   }
   close(p[1]);
   /* Set the group from both sides so that neither order of events leaves a
-   * window where a signal to -pid misses the child (setpgid(2)). EACCES
-   * means the child has already exec'd, after its own setpgid. */
-  if (setpgid(child, child) < 0 && errno != EACCES && errno != ESRCH) {
-    /* Nothing to do: the child's own call decides. */
-  }
+   * window where a signal to -pid misses the child (setpgid(2)). A failure
+   * here changes nothing: EACCES means the child has already exec'd, after
+   * its own setpgid; ESRCH that it has already exited; either way the
+   * child's own call decided. */
+  (void)setpgid(child, child);
   *pid = child;
   /* The pipe closes on a successful exec (O_CLOEXEC) or carries errno. By
    * now the child has done one or the other (vfork), so this read does not

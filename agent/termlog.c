@@ -1,33 +1,20 @@
 #include "lwsinit/termlog.h"
 
+#include "lwsinit/fdio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int write_all(int fd, const char *buf, size_t len)
-{
-  while (len > 0) {
-    ssize_t n = write(fd, buf, len);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    buf += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
 int lwsi_termlog_write(const char *path, const char *msg, bool keep_existing)
 {
   if (path == NULL || path[0] == '\0')
     return 0;
   /* O_NONBLOCK: a FIFO at path with no reader would block open(2) for
-   * ever, in PID 1, with every signal blocked (issue 7); it fails with
-   * ENXIO instead. On a regular file the flag changes nothing. */
+   * ever, in PID 1, with every signal blocked, so nothing could end the
+   * wait but SIGKILL (fifo(7), open(2)); it fails with ENXIO instead. On a regular file the flag changes nothing. */
   int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
   int fd;
   do
@@ -44,9 +31,9 @@ int lwsi_termlog_write(const char *path, const char *msg, bool keep_existing)
   if (ftruncate(fd, 0) < 0 && errno != EINVAL)
     rc = -errno;
   if (rc == 0)
-    rc = write_all(fd, msg, strlen(msg));
+    rc = lwsi_fdio_write_all(fd, msg, strlen(msg));
   if (rc == 0)
-    rc = write_all(fd, "\n", 1);
+    rc = lwsi_fdio_write_all(fd, "\n", 1);
   if (close(fd) < 0 && rc == 0 && errno != EINTR)
     rc = -errno;
   return rc;

@@ -95,12 +95,12 @@ if [ -f "$out/build/build.ninja" ]; then
 else
   meson setup "$out/build" "$src" --buildtype=release -Db_ndebug=false >/dev/null
 fi
-ninja -C "$out/build" agent/lwsinit agent/lwsinit-gpucheck >/dev/null
+ninja -C "$out/build" agent/lwsinit gpucheck/lwsinit-gpucheck >/dev/null
 
 stage=$out/stage/usr/local/bin
 mkdir -p "$stage"
 install -m 0755 -s "$out/build/agent/lwsinit" "$stage/lwsinit"
-install -m 0755 -s "$out/build/agent/lwsinit-gpucheck" "$stage/lwsinit-gpucheck"
+install -m 0755 -s "$out/build/gpucheck/lwsinit-gpucheck" "$stage/lwsinit-gpucheck"
 
 # --- what the binaries need: libc only, glibc 2.34 or older symbols -------
 status=0

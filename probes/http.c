@@ -1,6 +1,7 @@
 #include "lwsinit/http.h"
 
 #include "lwsinit/metrics.h"
+#include "lwsinit/text.h"
 
 #include <errno.h>
 #include <http_parser.h>
@@ -348,7 +349,7 @@ static void conn_send(struct lwsi_http_conn *c, int status, const char *ctype, c
   /* With nothing queued, write now: a probe's answer almost always fits in
    * the socket buffer, and then no write request is allocated and libuv
    * does not re-arm the descriptor for POLLOUT and back (one epoll_ctl per
-   * answer, ~10% of a probe's cost: docs/benchmarks.md, issue 4). Behind a
+   * answer, ~10% of a probe's cost measured in docs/benchmarks.md). Behind a
    * queued answer, never: answers leave in request order. */
   size_t done = 0;
   if (c->writes == 0) {
@@ -412,17 +413,6 @@ static void conn_reject(struct lwsi_http_conn *c, int status)
             c->parser.method == HTTP_HEAD && status != 400, true);
 }
 
-static int hexval(char ch)
-{
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  if (ch >= 'a' && ch <= 'f')
-    return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F')
-    return ch - 'A' + 10;
-  return -1;
-}
-
 /* Percent-decodes s[0..n) into out (may be s itself: it only shrinks).
  * plus: '+' is a space (query strings). Returns the length, or -1 for a
  * bad escape or a NUL byte. */
@@ -432,8 +422,8 @@ static long pct_decode(const char *s, size_t n, char *out, bool plus)
   for (size_t i = 0; i < n; i++) {
     char ch = s[i];
     if (ch == '%') {
-      int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
-      int lo = hi >= 0 ? hexval(s[i + 2]) : -1;
+      int hi = i + 2 < n ? lwsi_text_hexval(s[i + 1]) : -1;
+      int lo = hi >= 0 ? lwsi_text_hexval(s[i + 2]) : -1;
       if (hi < 0 || lo < 0)
         return -1;
       ch = (char)(hi * 16 + lo);

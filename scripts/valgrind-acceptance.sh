@@ -3,7 +3,8 @@
 # under valgrind's memcheck: a memory error or a definite or indirect leak
 # in any agent a test starts fails that test (tests/acceptance/lwsitest.py,
 # LWSITEST_VALGRIND). Deadlines stretch 6x (LWSITEST_SCALE). Not part of CI
-# (slow on two CPUs); issue 7 asks for it to be reproducible by one command:
+# (slow on two CPUs), but a memory check has to be repeatable by anyone,
+# with one command:
 #
 #   scripts/valgrind-acceptance.sh [meson test arguments, e.g. a test name]
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The fault matrix of issue 7, part 1: the group, the network, DNS and the
+"""The fault matrix, part 1: the group, the network, DNS and the
 rendezvous and probe ports (docs/reliability.md lists every row and the
 test that holds it; rows already held by test_group.py, test_health.py
 and the GPU tests are not repeated here).
@@ -36,6 +36,12 @@ FAST = ["--heartbeat", "100", "--peer-timeout", str(int(PEER_TIMEOUT * 1000)), "
 FAKEGPU = os.environ.get("LWSI_FAKEGPU") or os.path.normpath(os.path.join(
     os.path.dirname(os.path.realpath(lt.LWSINIT or ".")), "..", "tests", "gpu",
     "libfakegpu.so"))
+
+# The check program as built (gpucheck/ in the build folder): the agent
+# finds it beside itself only where an image installs both in one folder,
+# so the tests name it (LWSINIT_GPUCHECK).
+GPUCHECK = os.environ.get("LWSI_GPUCHECK") or os.path.normpath(os.path.join(
+    os.path.dirname(os.path.realpath(lt.LWSINIT or ".")), "..", "gpucheck", "lwsinit-gpucheck"))
 
 # The probe port of an agent inside a network namespace: its own loopback.
 NS_PROBE = "127.0.0.1:7471"
@@ -192,7 +198,7 @@ def checking(t, role, kind):
         raise lt.Skip("the fake GPU library is not built (%s)" % FAKEGPU)
     target = ROLE_RANK[role]
     env = {"LWSINIT_CUDART": FAKEGPU, "LWSINIT_NCCL": FAKEGPU, "FAKEGPU_DEVICES": "2",
-           "FAKEGPU_FAIL": "init-hang"}
+           "FAKEGPU_FAIL": "init-hang", "LWSINIT_GPUCHECK": GPUCHECK}
     with maybe_ns(kind) as ns:
         lay = Layout(t, ns, target, env=env,
                      opts=["--gpu-check", "nccl", "--gpus", "2", "--gpu-check-bytes", "65536",
@@ -200,7 +206,7 @@ def checking(t, role, kind):
         g = lay.g
         for r in range(3):
             lay.start(r)
-        gpucheck = os.path.join(os.path.dirname(os.path.realpath(lt.LWSINIT)), "lwsinit-gpucheck")
+        gpucheck = os.path.realpath(GPUCHECK)
 
         def checks_of(a):
             return [p for p in lt.descendants(a.pid) if lt.exe_of(p) == gpucheck]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The fault matrix of issue 7, part 2: the engine, the init and the
+"""The fault matrix, part 2: the engine, the init and the
 agent's own resources (docs/reliability.md lists every row and the test
 that holds it; rows already held by test_init*.py are not repeated here).
 

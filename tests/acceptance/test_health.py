@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Group health beyond loopback (issue 4): a network partition of one worker
+"""Group health beyond loopback: a network partition of one worker
 in its own network namespace, probes that stay fast with the engine hung,
 the exec probe, and the status socket's owner check."""
 import os

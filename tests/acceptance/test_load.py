@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 7 (load): a group of 64 forms on loopback while 1000 idle TCP
+"""Load: a group of 64 forms on loopback while 1000 idle TCP
 connections are held open to the leader's probe port and 1000 to its
 rendezvous port. The group still forms, the leader's probes still answer
 within 10 ms, and the leader's memory and descriptors stay bounded; once

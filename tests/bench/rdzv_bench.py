@@ -44,7 +44,7 @@ The three alternate repetition by repetition, so that drift hits all alike.
 Reported: median and max over the repetitions, per N.  Two figures for
 lwsinit: the *barrier*, from the last agent's exec to the last agent's log
 line that it has the release (the rendezvous itself, 1 ms resolution), and
-*to engine*, as above.  The target (issue 3) is judged on the barrier: at
+*to engine*, as above.  The target is judged on the barrier: at
 most half of TCPStore's median and under 60 ms at N = 256.  TCPStore+spawn
 also gives its barrier alone (to the last return from wait()), where, as
 for lwsinit, the ranks released first are already launching engines.
@@ -753,7 +753,7 @@ def render(ctx):
     m = ctx["machine"]
     a(SECTION_TITLE)
     a("")
-    a("Written by `tests/bench/rdzv_bench.py` (issue 3). Time from the LAST member's")
+    a("Written by `tests/bench/rdzv_bench.py`. Time from the LAST member's")
     a("start to the LAST member's release, on loopback: N-1 members start first and")
     a("wait, the machine settles, then the last one starts. All N members of every")
     a("variant share this machine's %s CPUs." % m["nproc"])

@@ -6,8 +6,9 @@
  *    static and only reachable through a real child process; this file
  *    includes gpurun.c and calls the libuv callbacks as libuv would, with
  *    the input as the bytes read;
- *  - the check reading its stdin (agent/gpucheck.c, read_id and
- *    parse_id_line), through gpucheck_shim.c;
+ *  - the check reading its stdin (gpucheck/parse.c: the line reader
+ *    lwsi_gpucheck_lines_*, fed as the check's read loop feeds it, and
+ *    lwsi_gpucheck_parse_id_line);
  *  - the id's round trip: what lwsi_gpurun_give_id writes for the first
  *    line of the input, read back by the check; and an id the check read,
  *    printed as its nccl_id event, read back by the agent.
@@ -20,10 +21,9 @@
 #include "agent/gpurun.c"
 
 #include <stddef.h>
-#include <sys/mman.h>
 
 #include "fuzz.h"
-#include "gpucheck_shim.h"
+#include "lwsinit/gpucheck_parse.h"
 
 #define HEXLEN (2 * LWSI_NCCL_UNIQUE_ID_BYTES)
 
@@ -31,7 +31,6 @@ static struct lwsi_gpurun *run;
 static size_t nevents, nids, nresults;
 static uint64_t ev_hash;
 static char last_id[sizeof(run->id)];
-static int memfd = -1;
 
 static void hash_bytes(const void *p, size_t n)
 {
@@ -105,13 +104,6 @@ static uint64_t feed(const uint8_t *data, size_t size, bool chunked)
   return ev_hash ^ nevents;
 }
 
-static void set_memfd(const void *p, size_t n)
-{
-  CHECK(ftruncate(memfd, 0) == 0);
-  CHECK(pwrite(memfd, p, n, 0) == (ssize_t)n);
-  CHECK(lseek(memfd, 0, SEEK_SET) == 0);
-}
-
 static bool is_hex(char c)
 {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
@@ -132,26 +124,56 @@ static bool has_hex(const uint8_t *data, size_t size, const char *hex)
   return false;
 }
 
-/* The check reads the input as its stdin; an id it finds goes back to
- * the agent as the leader's check would print it. */
+/* The check reads the input as its stdin: read_id in gpucheck.c reads
+ * into the space the line reader offers, as much as is there (a pipe or a
+ * file gives what it has, up to the room), until the id or EOF. */
+static bool read_id(const uint8_t *data, size_t size, lwsi_nccl_unique_id *id)
+{
+  struct lwsi_gpucheck_lines *lines = calloc(1, sizeof(*lines));
+  CHECK(lines != NULL);
+  size_t pos = 0;
+  bool got = false;
+  while (!got && pos < size) {
+    size_t room;
+    char *space = lwsi_gpucheck_lines_space(lines, &room);
+    CHECK(room >= 1 && space >= lines->buf && space + room < lines->buf + sizeof(lines->buf));
+    size_t n = size - pos < room ? size - pos : room;
+    memcpy(space, data + pos, n);
+    pos += n;
+    int rc = lwsi_gpucheck_lines_add(lines, n, id);
+    CHECK(rc == 0 || rc == -EAGAIN);
+    CHECK(lines->have < sizeof(lines->buf));
+    got = rc == 0;
+  }
+  if (!got) {
+    int rc = lwsi_gpucheck_lines_end(lines, id);
+    CHECK(rc == 0 || rc == -ENODATA);
+    got = rc == 0;
+  }
+  free(lines);
+  return got;
+}
+
+/* An id the check finds goes back to the agent as the leader's check
+ * would print it (its nccl_id event). */
 static bool check_side(const uint8_t *data, size_t size)
 {
-  int p[2];
-  CHECK(pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
-  set_memfd(data, size);
-  char hex[HEXLEN + 1];
-  bool got = fuzz_gpucheck_read_id(memfd, p[1], hex);
+  lwsi_nccl_unique_id id;
+  memset(&id, 0, sizeof(id));
+  bool got = read_id(data, size, &id);
   if (got) {
+    char hex[HEXLEN + 1];
+    lwsi_gpucheck_id_to_hex(&id, hex);
     CHECK(strlen(hex) == HEXLEN);
     CHECK(has_hex(data, size, hex));
-    char line[1024];
-    ssize_t n = read(p[0], line, sizeof(line));
-    CHECK(n > 0 && line[n - 1] == '\n');
-    feed((const uint8_t *)line, (size_t)n, false);
+    char line[LWSI_GPUCHECK_ID_EVENT_MAX + 1];
+    lwsi_gpucheck_id_event(&id, line);
+    size_t n = strlen(line);
+    CHECK(n > 0 && n < LWSI_GPUCHECK_ID_EVENT_MAX);
+    line[n++] = '\n';
+    feed((const uint8_t *)line, n, false);
     CHECK(nids == 1 && strcmp(last_id, hex) == 0);
   }
-  close(p[0]);
-  close(p[1]);
   return got;
 }
 
@@ -185,7 +207,10 @@ static void give_id_side(const uint8_t *data, size_t size)
     CHECK(k == wl && memcmp(got, want, (size_t)wl) == 0);
     got[k - 1] = '\0';
     char hex[HEXLEN + 1];
-    bool ok = fuzz_gpucheck_parse_line(got, hex);
+    lwsi_nccl_unique_id pid;
+    bool ok = lwsi_gpucheck_parse_id_line(got, &pid) == 0;
+    if (ok)
+      lwsi_gpucheck_id_to_hex(&pid, hex);
     bool want_ok = n >= HEXLEN && (n == HEXLEN || id[HEXLEN] == '"');
     for (size_t i = 0; want_ok && i < HEXLEN; i++)
       want_ok = is_hex(id[i]);
@@ -201,8 +226,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
   run = malloc(sizeof(*run));
   CHECK(run != NULL);
-  memfd = memfd_create("fuzz-gpurun-stdin", MFD_CLOEXEC);
-  CHECK(memfd >= 0);
 
   /* Lines longer than the reader's buffer, which inputs of libFuzzer's
    * usual sizes never reach: 70000 bytes without a newline are dropped,
@@ -219,7 +242,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   CHECK(h1 == h2);
   free(big);
 
-  /* And the check's stdin: a line of 9000 bytes (its buffer holds 8 KiB)
+  /* And the check's stdin: a line of 9000 bytes (its buffer holds 8 KiB,
+   * LWSI_GPUCHECK_LINE_MAX)
    * is dropped, and the id line after it is still read. */
   static const char id_line[] = "\n{\"nccl_id\":\""
                                 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (tests/fuzz/fuzz_*.c) with clang, ASan
 # and UBSan, then runs each one for a bounded time and reports executions,
-# coverage and crashes. Meson is not involved: the agent's and the probes'
-# sources are read from agent/meson.build and probes/meson.build and
-# compiled here with -fsanitize=fuzzer-no-link, into build-fuzz/.
+# coverage and crashes. Meson is not involved: the agent's, the probes',
+# the shared helpers' and the GPU check's protocol sources are read from
+# agent/meson.build, probes/meson.build, common/meson.build and
+# gpucheck/meson.build and compiled here with -fsanitize=fuzzer-no-link,
+# into build-fuzz/.
 #
 #   tests/fuzz/run.sh [--seconds N] [--jobs N] [--only a,b] [--build-only]
 #                     [--no-build] [--build-dir D] [--write-seeds] [--coverage]
@@ -82,7 +84,18 @@ sources_of() { # meson.build variable
 SRCS=()
 for f in $(sources_of agent/meson.build agent_sources); do SRCS+=("agent/$f"); done
 for f in $(sources_of probes/meson.build probes_sources); do SRCS+=("probes/$f"); done
+# The GPU check's NCCL-id text, the part of that program fuzz_gpurun drives.
+for f in $(sources_of gpucheck/meson.build gpucheck_parse_sources); do SRCS+=("gpucheck/$f"); done
+# common/meson.build names its files inside the library's own call.
+for f in $(sed -n "s/.*files(\([^)]*\)).*/\1/p" common/meson.build | grep -o "'[^']*\.c'" | tr -d "'"); do
+  SRCS+=("common/$f")
+done
 [ ${#SRCS[@]} -gt 10 ] || { echo "run.sh: cannot read the source lists from meson.build" >&2; exit 2; }
+for need in gpucheck/parse.c common/text.c common/fdio.c; do
+  case " ${SRCS[*]} " in *" $need "*) ;; *)
+    echo "run.sh: $need is not in the source lists read from meson.build" >&2; exit 2 ;;
+  esac
+done
 
 mkdir -p "$B/obj" "$B/logs"
 VERSION=$(sed -n "s/^ *version *: *'\([^']*\)'.*/\1/p" meson.build | head -n1)
@@ -130,13 +143,8 @@ ar rcs "$B/liblwsi-fuzz.a" "${OBJS[@]}"
 
 HFLAGS="-fsanitize=fuzzer -Wall -Wextra -Wno-unused-parameter -Werror"
 for n in $ALL; do
-  extra=()
-  # The check program's side of the pipe protocol: gpucheck.c is its own
-  # executable (not in the library), compiled here with main renamed.
-  [ "$n" = gpurun ] && extra=(tests/fuzz/gpucheck_shim.c)
   # shellcheck disable=SC2086
-  "$CC" $CFLAGS $HFLAGS "tests/fuzz/fuzz_$n.c" "${extra[@]}" "$B/liblwsi-fuzz.a" $LIBS \
-    -o "$B/fuzz_$n"
+  "$CC" $CFLAGS $HFLAGS "tests/fuzz/fuzz_$n.c" "$B/liblwsi-fuzz.a" $LIBS -o "$B/fuzz_$n"
 done
 echo "run.sh: built $(for n in $ALL; do printf '%s ' "$B/fuzz_$n"; done)"
 fi
@@ -169,10 +177,8 @@ if [ "$COVERAGE" = 1 ]; then
   ar rcs "$B/cov/liblwsi-cov.a" "${COBJS[@]}"
   printf '%-8s %-22s %s\n' harness file "lines covered"
   for n in $NAMES; do
-    extra=()
-    [ "$n" = gpurun ] && extra=(tests/fuzz/gpucheck_shim.c)
     # shellcheck disable=SC2086
-    "$CC" $CFLAGS_COV -fsanitize=fuzzer -w "tests/fuzz/fuzz_$n.c" "${extra[@]}" \
+    "$CC" $CFLAGS_COV -fsanitize=fuzzer -w "tests/fuzz/fuzz_$n.c" \
       "$B/cov/liblwsi-cov.a" $LIBS -o "$B/cov/fuzz_$n"
     mkdir -p "$B/corpus/$n"
     rm -f "$B/cov/$n.profraw"
@@ -185,7 +191,7 @@ if [ "$COVERAGE" = 1 ]; then
     expand) files="agent/expand.c" ;;
     http) files="probes/http.c probes/health.c" ;;
     status) files="agent/status_sock.c agent/status.c" ;;
-    gpurun) files="agent/gpurun.c agent/gpucheck.c" ;;
+    gpurun) files="agent/gpurun.c gpucheck/parse.c" ;;
     esac
     for f in $files; do
       # The file's row of the report: the lines column is the 3rd-from-last
@@ -200,7 +206,7 @@ if [ "$COVERAGE" = 1 ]; then
     # The parsing functions themselves, where the file holds more.
     case $n in
     status) funcs='(lwsi_status_sock_fetch|lwsi_status_print)' ;;
-    gpurun) funcs='(on_read|on_line|take_result|lwsi_gpurun_give_id|read_id|parse_id_line|hex_to_id)' ;;
+    gpurun) funcs='(on_read|on_line|take_result|lwsi_gpurun_give_id|lwsi_gpucheck_[a-z_]*)' ;;
     *) funcs= ;;
     esac
     if [ -n "$funcs" ]; then

@@ -63,7 +63,8 @@ step() {
 echo "=== build: $CC -> $bin"
 t0=$(ms)
 if ! "$CC" -std=gnu11 -O2 -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
-    -Wmissing-prototypes -D_GNU_SOURCE -I"$root/include" "$root/agent/gpucheck.c" -ldl -o "$bin"; then
+    -Wmissing-prototypes -D_GNU_SOURCE -I"$root/include" "$root/gpucheck/gpucheck.c" \
+    "$root/gpucheck/parse.c" "$root/common/fdio.c" "$root/common/text.c" -ldl -o "$bin"; then
   echo "build failed"
   exit 1
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The GPU check end to end (issue 5): real agents in a local group of 4,
+"""The GPU check end to end: real agents in a local group of 4,
 each running lwsinit-gpucheck against the fake CUDA/NCCL library, whose
 all-reduce really sums across the 4 processes. A failure on one node fails
 the whole group with exit 5 before any engine starts."""
@@ -12,10 +12,14 @@ import lwsitest as lt  # noqa: E402
 from test_group import Group  # noqa: E402
 
 FAKE = os.environ.get("LWSI_FAKEGPU", "")
+# The check program as built: the agent looks for it beside itself (as an
+# image installs them), but the build puts it in a folder of its own.
+GPUCHECK = os.environ.get("LWSI_GPUCHECK", "")
 
 
 def fake_env(**extra):
-    env = {"LWSINIT_CUDART": FAKE, "LWSINIT_NCCL": FAKE, "FAKEGPU_DEVICES": "2"}
+    env = {"LWSINIT_CUDART": FAKE, "LWSINIT_NCCL": FAKE, "FAKEGPU_DEVICES": "2",
+           "LWSINIT_GPUCHECK": GPUCHECK}
     env.update(extra)
     return env
 
@@ -35,7 +39,8 @@ def t_nccl_passes(t):
     t.ok("passed on all 4 nodes" in g.agents[0].stderr(), "the leader says the check passed")
     code, body = g.get(0, "/status")
     t.eq(code, 200, "status")
-    # The results reach /status, /metrics and lwsinit status (issue 5).
+    # The results reach /status, /metrics and lwsinit status, where an
+    # operator looks for why a group did not start.
     for r in (0, 3):
         code, body = g.get(r, "/status")
         gc = json.loads(body).get("gpu_check", {})

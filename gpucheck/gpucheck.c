@@ -14,8 +14,11 @@
  * them and the types come from include/lwsinit/gpu_abi.h, not from the CUDA
  * toolkit. The process interface (arguments, JSON lines on stdout and stdin,
  * exit status) is described in docs/gpucheck.md; the agent speaks it with
- * --proto. */
+ * --proto. The NCCL id's text (hex, the lines on stdin, the nccl_id event)
+ * is in parse.c, which the fuzzer links without the rest of this program. */
 #include "lwsinit/gpu_abi.h"
+#include "lwsinit/fdio.h"
+#include "lwsinit/gpucheck_parse.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -164,21 +167,6 @@ static bool must_stop(const char *stage, const char *what)
  * stdout, and a stray line must not be taken for an event. */
 static int proto_fd = -1;
 
-static int write_all(int fd, const char *buf, size_t len)
-{
-  while (len > 0) {
-    ssize_t n = write(fd, buf, len);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    buf += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
 /* A growing text buffer for one JSON line. Out of memory makes it "bad",
  * and a bad line is not written: a truncated event would be worse. */
 struct jb {
@@ -258,7 +246,7 @@ static void jb_emit(struct jb *b)
   /* EPIPE (the agent went away) is not an error of the check: the exit
    * status still tells whoever waits. SIGPIPE is ignored in main. */
   if (!b->bad && proto_fd >= 0)
-    (void)write_all(proto_fd, b->p, b->len);
+    (void)lwsi_fdio_write_all(proto_fd, b->p, b->len);
   free(b->p);
   memset(b, 0, sizeof(*b));
 }
@@ -762,81 +750,14 @@ static bool check_device(struct dev *d)
 
 /* ---- the NCCL id ------------------------------------------------------- */
 
-static void id_to_hex(const lwsi_nccl_unique_id *id, char *hex)
-{
-  static const char digits[] = "0123456789abcdef";
-  const unsigned char *p = (const unsigned char *)id->internal;
-  for (size_t i = 0; i < LWSI_NCCL_UNIQUE_ID_BYTES; i++) {
-    hex[2 * i] = digits[p[i] >> 4];
-    hex[2 * i + 1] = digits[p[i] & 15];
-  }
-  hex[2 * LWSI_NCCL_UNIQUE_ID_BYTES] = '\0';
-}
-
-static int hexval(char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-/* Exactly 256 hex digits; *end is set past them. */
-static bool hex_to_id(const char *s, const char **end, lwsi_nccl_unique_id *id)
-{
-  for (size_t i = 0; i < LWSI_NCCL_UNIQUE_ID_BYTES; i++) {
-    int hi = hexval(s[2 * i]);
-    int lo = hi < 0 ? -1 : hexval(s[2 * i + 1]);
-    if (hi < 0 || lo < 0)
-      return false;
-    id->internal[i] = (char)(hi << 4 | lo);
-  }
-  if (hexval(s[2 * LWSI_NCCL_UNIQUE_ID_BYTES]) >= 0)
-    return false;
-  *end = s + 2 * LWSI_NCCL_UNIQUE_ID_BYTES;
-  return true;
-}
-
-/* One line from the agent: {"nccl_id":"<256 hex>"} (other keys allowed and
- * ignored), or, by hand, the bare hex. Lines without an id are ignored, so
- * that the agent may add messages later without breaking older checks. */
-static bool parse_id_line(const char *line, lwsi_nccl_unique_id *id)
-{
-  const char *s = line;
-  while (*s == ' ' || *s == '\t')
-    s++;
-  const char *end;
-  if (hexval(*s) >= 0) {
-    if (!hex_to_id(s, &end, id))
-      return false;
-    while (*end == ' ' || *end == '\t' || *end == '\r')
-      end++;
-    return *end == '\0';
-  }
-  const char *k = strstr(line, "\"nccl_id\"");
-  if (k == NULL)
-    return false;
-  s = k + 9;
-  while (*s == ' ' || *s == '\t')
-    s++;
-  if (*s++ != ':')
-    return false;
-  while (*s == ' ' || *s == '\t')
-    s++;
-  if (*s++ != '"')
-    return false;
-  return hex_to_id(s, &end, id) && *end == '"';
-}
+/* The text of the id (hex, the stdin lines, the event) is parse.c's; what
+ * is here is the waiting. */
 
 /* Reads stdin line by line until a line carries the id, the deadline, a
  * signal, or EOF. */
 static bool read_id(void)
 {
-  char buf[8192];
-  size_t have = 0;
+  struct lwsi_gpucheck_lines lines = {0};
   for (;;) {
     if (must_stop("nccl_id", "waiting for the NCCL id on stdin"))
       return false;
@@ -849,7 +770,9 @@ static bool read_id(void)
     }
     if (n <= 0)
       continue;
-    ssize_t r = read(STDIN_FILENO, buf + have, sizeof(buf) - 1 - have);
+    size_t room;
+    char *space = lwsi_gpucheck_lines_space(&lines, &room);
+    ssize_t r = read(STDIN_FILENO, space, room);
     if (r < 0) {
       if (errno == EINTR || errno == EAGAIN)
         continue;
@@ -857,38 +780,27 @@ static bool read_id(void)
       return false;
     }
     if (r == 0) {
-      buf[have] = '\0';
-      if (have > 0 && parse_id_line(buf, &opt.id))
+      if (lwsi_gpucheck_lines_end(&lines, &opt.id) == 0)
         return true;
       failf("nccl_id", "stdin closed before the NCCL id arrived (a line {\"nccl_id\":\"<hex>\"})");
       return false;
     }
-    have += (size_t)r;
-    buf[have] = '\0';
-    char *nl;
-    while ((nl = memchr(buf, '\n', have)) != NULL) {
-      *nl = '\0';
-      if (parse_id_line(buf, &opt.id))
-        return true;
-      size_t used = (size_t)(nl + 1 - buf);
-      memmove(buf, nl + 1, have - used);
-      have -= used;
-      buf[have] = '\0';
-    }
-    if (have == sizeof(buf) - 1)
-      have = 0; /* a line longer than any id line: drop it */
+    if (lwsi_gpucheck_lines_add(&lines, (size_t)r, &opt.id) == 0)
+      return true;
   }
 }
 
 static void emit_id(void)
 {
-  char hex[2 * LWSI_NCCL_UNIQUE_ID_BYTES + 1];
-  id_to_hex(&opt.id, hex);
   if (opt.proto) {
+    char line[LWSI_GPUCHECK_ID_EVENT_MAX];
+    lwsi_gpucheck_id_event(&opt.id, line);
     struct jb b = {0};
-    jb_printf(&b, "{\"event\":\"nccl_id\",\"id\":\"%s\"}", hex);
+    jb_printf(&b, "%s", line);
     jb_emit(&b);
   } else {
+    char hex[LWSI_GPUCHECK_HEX_LEN + 1];
+    lwsi_gpucheck_id_to_hex(&opt.id, hex);
     human("nccl id: %s\n", hex);
     human("  on node R of %" PRIu64 ": " PROG " nccl --nodes %" PRIu64
           " --node-rank R --gpus N --nccl-id <the id>\n",
@@ -1515,7 +1427,7 @@ static void parse_args(int argc, char **argv)
       have_base = true;
     } else if (strcmp(name, "--nccl-id") == 0) {
       const char *end;
-      if (!hex_to_id(val, &end, &opt.id) || *end != '\0')
+      if (lwsi_gpucheck_hex_to_id(val, &end, &opt.id) < 0 || *end != '\0')
         usage_error("--nccl-id: expected %d hex digits", 2 * LWSI_NCCL_UNIQUE_ID_BYTES);
       opt.have_id = true;
     } else {
