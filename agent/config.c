@@ -366,17 +366,15 @@ static int apply_opt(struct lwsi_config *cfg, const struct opt *o, const struct 
     memcpy(field, v, strlen(v) + 1);
     return 0;
   case T_HOSTPORT:
-    if (parse_ip_port(v, false, 0, (struct lwsi_hostport *)(void *)field) < 0)
-      return fail(err, errlen,
-                  "%s: '%s' is not valid: expected IP:PORT, e.g. 0.0.0.0:7471 or [::]:7471",
-                  who, v);
+  case T_DNSSERVER: {
+    /* A DNS server's port is optional: 53, the DNS port. */
+    bool dns = o->type == T_DNSSERVER;
+    if (parse_ip_port(v, dns, dns ? 53 : 0, (struct lwsi_hostport *)(void *)field) < 0)
+      return fail(err, errlen, "%s: '%s' is not valid: expected %s", who, v,
+                  dns ? "IP[:PORT], e.g. 10.96.0.10 or 127.0.0.1:5353"
+                      : "IP:PORT, e.g. 0.0.0.0:7471 or [::]:7471");
     return 0;
-  case T_DNSSERVER:
-    if (parse_ip_port(v, true, 53, (struct lwsi_hostport *)(void *)field) < 0)
-      return fail(err, errlen,
-                  "%s: '%s' is not valid: expected IP[:PORT], e.g. 10.96.0.10 or 127.0.0.1:5353",
-                  who, v);
-    return 0;
+  }
   }
   return -EINVAL;
 }
