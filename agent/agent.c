@@ -3,6 +3,7 @@
 #include "lwsinit/agent.h"
 
 #include "lwsinit/cmdline.h"
+#include "lwsinit/engine.h"
 #include "lwsinit/expand.h"
 #include "lwsinit/gpurun.h"
 #include "lwsinit/health.h"
@@ -117,8 +118,8 @@ static void start_upstream(struct lwsi_agent *a, char *const *argv)
     return;
   if (cfg->upstream[0] != '\0')
     snprintf(a->upstream_url, sizeof(a->upstream_url), "%s", cfg->upstream);
-  else if (lwsi_upstream_preset_url(cfg->preset, cfg->rank == 0, argv, a->upstream_url,
-                                    sizeof(a->upstream_url)) < 0)
+  else if (lwsi_engine_health_url(lwsi_engine_get(cfg->preset), cfg->rank == 0, argv,
+                                  a->upstream_url, sizeof(a->upstream_url)) < 0)
     return;
   a->upstream.data = a;
   a->upstream_on = true;

@@ -1,6 +1,11 @@
+/* The engine's command line (include/lwsinit/cmdline.h): COMMAND expanded,
+ * the engine row's flags appended, and the digest of what every rank must
+ * share. */
 #include "lwsinit/cmdline.h"
 
+#include "lwsinit/config.h"
 #include "lwsinit/crypto.h"
+#include "lwsinit/engine.h"
 #include "lwsinit/expand.h"
 
 #include <errno.h>
@@ -8,67 +13,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Each preset's flags, in the engines' own spelling. {name} placeholders
- * are expanded like COMMAND's; DP_* entries are computed below. */
-static const char *const sglang_flags[] = {
-  "--dist-init-addr", "{leader_ip}:{dist_port}", "--nnodes", "{size}", "--node-rank", "{rank}",
-  NULL};
-static const char *const vllm_flags[] = {
-  "--nnodes", "{size}", "--node-rank", "{rank}", "--master-addr", "{leader_ip}",
-  "--master-port", "{dist_port}", NULL};
-static const char *const vllm_dp_flags[] = {
-  "--data-parallel-size", "{dp_size}", "--data-parallel-size-local", "{dp_local}",
-  "--data-parallel-start-rank", "{dp_start}", "--data-parallel-address", "{leader_ip}",
-  "--data-parallel-rpc-port", "{dist_port}", "--data-parallel-hybrid-lb", NULL};
-
-static const char *const *preset_flags(enum lwsi_preset p)
-{
-  switch (p) {
-  case LWSI_PRESET_SGLANG:
-    return sglang_flags;
-  case LWSI_PRESET_VLLM:
-    return vllm_flags;
-  case LWSI_PRESET_VLLM_DP:
-    return vllm_dp_flags;
-  case LWSI_PRESET_NONE:
-    break;
-  }
-  return NULL;
-}
-
-/* Finds "--flag N" or "--flag=N" in COMMAND. */
-static const char *find_flag_value(const struct lwsi_config *cfg, const char *flag)
-{
-  size_t fl = strlen(flag);
-  for (int i = 0; i < cfg->argc; i++) {
-    const char *a = cfg->argv[i];
-    if (strcmp(a, flag) == 0 && i + 1 < cfg->argc)
-      return cfg->argv[i + 1];
-    if (strncmp(a, flag, fl) == 0 && a[fl] == '=')
-      return a + fl + 1;
-  }
-  return NULL;
-}
-
-unsigned lwsi_cmdline_dp_local(const struct lwsi_config *cfg)
-{
-  if (cfg->dp_local > 0)
-    return cfg->dp_local;
-  const char *v = find_flag_value(cfg, "--data-parallel-size-local");
-  if (v == NULL || *v == '\0')
-    return 0;
-  char *end;
-  unsigned long n = strtoul(v, &end, 10);
-  return (*end == '\0' && n > 0 && n <= 4096) ? (unsigned)n : 0;
-}
-
 int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_values *v,
                        char ***out, char *bad, size_t badlen)
 {
+  const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
+  if (e == NULL)
+    return -EINVAL;
   char size[16], rank[16], dport[8], dp_size[24], dp_local[16], dp_start[24];
   uint16_t dp;
   bool has_dp = lwsi_config_dist_port(cfg, &dp);
-  unsigned local = lwsi_cmdline_dp_local(cfg);
+  unsigned local = lwsi_engine_dp_local(e, cfg->dp_local, cfg->argv);
   snprintf(size, sizeof(size), "%u", v->size);
   snprintf(rank, sizeof(rank), "%u", v->rank);
   snprintf(dport, sizeof(dport), "%u", has_dp ? dp : 0);
@@ -84,11 +38,13 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
     {"dist_port", dport}, {"dp_size", dp_size}, {"dp_local", dp_local}, {"dp_start", dp_start},
   };
 
-  const char *const *extra = preset_flags(cfg->preset);
+  /* The engine's flags on every rank, then its workers' own. */
+  const char *const *lists[2] = {e->flags, v->rank > 0 ? e->worker_flags : NULL};
   size_t nextra = 0;
-  while (extra != NULL && extra[nextra] != NULL)
-    nextra++;
-  char **argv = calloc((size_t)cfg->argc + nextra + 2, sizeof(*argv));
+  for (size_t l = 0; l < 2; l++)
+    for (size_t i = 0; lists[l] != NULL && lists[l][i] != NULL; i++)
+      nextra++;
+  char **argv = calloc((size_t)cfg->argc + nextra + 1, sizeof(*argv));
   if (argv == NULL)
     return -ENOMEM;
   size_t o = 0;
@@ -96,22 +52,21 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   for (int i = 0; i < cfg->argc && rc == 0; i++)
     rc = lwsi_expand_arg(cfg->argv[i], user_vars, sizeof(user_vars) / sizeof(user_vars[0]),
                          &argv[o++], bad, badlen);
-  bool have_local = find_flag_value(cfg, "--data-parallel-size-local") != NULL;
-  for (size_t i = 0; i < nextra && rc == 0; i++) {
-    /* A --data-parallel-size-local already in COMMAND is the user's; do not
-     * say it twice. */
-    if (have_local && strcmp(extra[i], "--data-parallel-size-local") == 0) {
-      i++;
-      continue;
+  /* A data-parallel size per node already in COMMAND is the user's: the
+   * engine must not be told twice. */
+  const char *given = NULL;
+  if (e->dp_local_flag != NULL)
+    lwsi_engine_argv_find(cfg->argv, e->dp_local_flag, &given);
+  for (size_t l = 0; l < 2; l++) {
+    for (size_t i = 0; lists[l] != NULL && lists[l][i] != NULL && rc == 0; i++) {
+      if (given != NULL && strcmp(lists[l][i], e->dp_local_flag) == 0) {
+        if (lists[l][i + 1] != NULL)
+          i++; /* and its value */
+        continue;
+      }
+      rc = lwsi_expand_arg(lists[l][i], preset_vars, sizeof(preset_vars) / sizeof(preset_vars[0]),
+                           &argv[o++], bad, badlen);
     }
-    rc = lwsi_expand_arg(extra[i], preset_vars, sizeof(preset_vars) / sizeof(preset_vars[0]),
-                         &argv[o++], bad, badlen);
-  }
-  /* vLLM's workers run without an API server (vLLM docs, multi-node
-   * serving: `--headless` on every node but the first). */
-  if (rc == 0 && cfg->preset == LWSI_PRESET_VLLM && v->rank > 0) {
-    argv[o] = strdup("--headless");
-    rc = argv[o++] == NULL ? -ENOMEM : 0;
   }
   if (rc < 0) {
     lwsi_expand_free(argv);
@@ -140,6 +95,9 @@ static bool is_rank_arg(const char *a, unsigned size)
 
 int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32])
 {
+  const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
+  if (e == NULL)
+    return -EINVAL;
   uint16_t dp = 0;
   bool has_dp = lwsi_config_dist_port(cfg, &dp);
   /* The input in one buffer, each argument length-prefixed so that
@@ -151,7 +109,7 @@ int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32])
   if (buf == NULL)
     return -ENOMEM;
   size_t n = (size_t)snprintf(buf, cap, "lwsinit-cmd-v1\n%s\n%u\n",
-                              lwsi_config_preset_name(cfg->preset), has_dp ? dp : 0);
+                              e->name, has_dp ? dp : 0);
   for (int i = 0; i < cfg->argc; i++) {
     const char *a = is_rank_arg(cfg->argv[i], cfg->size) ? "{rank}" : cfg->argv[i];
     n += (size_t)snprintf(buf + n, cap - n, "%zu:%s", strlen(a), a);

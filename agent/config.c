@@ -7,7 +7,7 @@
  * flag. Errors name the source as the user wrote it. */
 #include "lwsinit/config.h"
 
-#include "lwsinit/cmdline.h"
+#include "lwsinit/engine.h"
 #include "lwsinit/expand.h"
 
 #include <arpa/inet.h>
@@ -29,6 +29,7 @@ enum opt_type {
   T_SEC,      /* seconds with up to 3 decimals, stored as ms, in [min, max] ms */
   T_GBPS,     /* non-negative decimal */
   T_ENUM,
+  T_PRESET,   /* a name of the engine table (engine.h) */
   T_STR,      /* free text up to the field's size */
   T_HOSTPORT, /* IP:PORT or [IPv6]:PORT */
   T_DNSSERVER /* IP[:PORT] or [IPv6][:PORT] */
@@ -36,7 +37,7 @@ enum opt_type {
 
 struct opt {
   const char *name; /* the flag without "--" */
-  const char *meta;
+  const char *meta; /* NULL: T_PRESET, the engine names */
   enum opt_type type;
   size_t off;
   size_t size; /* T_STR: the field's size */
@@ -49,7 +50,6 @@ struct opt {
 
 #define F(field) offsetof(struct lwsi_config, field), sizeof(((struct lwsi_config *)0)->field)
 
-static const char *const preset_choices[] = {"none", "sglang", "vllm", "vllm-dp", NULL};
 static const char *const peer_loss_choices[] = {"exit", "stay", NULL};
 static const char *const readiness_choices[] = {"serving", "group", "listening", NULL};
 static const char *const gpu_check_choices[] = {"none", "cuda", "nccl", NULL};
@@ -93,8 +93,8 @@ static const struct opt opts[O_COUNT] = {
                       "10000", NULL, "silence after which a member counts as lost"},
   [O_ON_PEER_LOSS] = {"on-peer-loss", "exit|stay", T_ENUM, F(on_peer_loss), 0, 0,
                       peer_loss_choices, "exit", NULL, "what a lost member does to the group"},
-  [O_PRESET] = {"preset", "none|sglang|vllm|vllm-dp", T_ENUM, F(preset), 0, 0, preset_choices,
-                "none", NULL, "append the engine's multi-node flags to COMMAND"},
+  [O_PRESET] = {"preset", NULL, T_PRESET, F(preset), 0, 0, NULL, "none", NULL,
+                "append the engine's multi-node flags to COMMAND"},
   [O_DIST_PORT] = {"dist-port", "PORT", T_PORT, F(dist_port), 1, 65535, NULL, NULL, NULL,
                    "the engine's init port on the leader (default: the preset's)"},
   [O_DP_LOCAL] = {"dp-local", "N", T_UINT, F(dp_local), 1, 4096, NULL, NULL, NULL,
@@ -282,6 +282,19 @@ static void choices_text(const char *const *choices, char *buf, size_t len)
     o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? ", " : "", choices[i]);
 }
 
+/* The engine names, in table order, joined by sep; only those with a
+ * data-parallel rule when dp_only. */
+static void preset_names(const char *sep, bool dp_only, char *buf, size_t len)
+{
+  size_t o = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < LWSI_PRESET_COUNT && o < len; i++) {
+    const struct lwsi_engine *e = lwsi_engine_get((enum lwsi_preset)i);
+    if (!dp_only || e->dp_local_flag != NULL)
+      o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? sep : "", e->name);
+  }
+}
+
 static int apply_opt(struct lwsi_config *cfg, const struct opt *o, const struct source *src,
                      char *err, size_t errlen)
 {
@@ -335,6 +348,16 @@ static int apply_opt(struct lwsi_config *cfg, const struct opt *o, const struct 
       choices_text(o->choices, list, sizeof(list));
       return fail(err, errlen, "%s: '%s' is not valid: expected one of %s", who, v, list);
     }
+  case T_PRESET: {
+    const struct lwsi_engine *e = lwsi_engine_find(v);
+    if (e != NULL) {
+      *(enum lwsi_preset *)(void *)field = e->id;
+      return 0;
+    }
+    char list[128];
+    preset_names(", ", false, list, sizeof(list));
+    return fail(err, errlen, "%s: '%s' is not valid: expected one of %s", who, v, list);
+  }
   case T_STR:
     if (v[0] == '\0')
       return fail(err, errlen, "%s: the value is empty", who);
@@ -344,17 +367,15 @@ static int apply_opt(struct lwsi_config *cfg, const struct opt *o, const struct 
     memcpy(field, v, strlen(v) + 1);
     return 0;
   case T_HOSTPORT:
-    if (parse_ip_port(v, false, 0, (struct lwsi_hostport *)(void *)field) < 0)
-      return fail(err, errlen,
-                  "%s: '%s' is not valid: expected IP:PORT, e.g. 0.0.0.0:7471 or [::]:7471",
-                  who, v);
+  case T_DNSSERVER: {
+    /* A DNS server's port is optional: 53, the DNS port. */
+    bool dns = o->type == T_DNSSERVER;
+    if (parse_ip_port(v, dns, dns ? 53 : 0, (struct lwsi_hostport *)(void *)field) < 0)
+      return fail(err, errlen, "%s: '%s' is not valid: expected %s", who, v,
+                  dns ? "IP[:PORT], e.g. 10.96.0.10 or 127.0.0.1:5353"
+                      : "IP:PORT, e.g. 0.0.0.0:7471 or [::]:7471");
     return 0;
-  case T_DNSSERVER:
-    if (parse_ip_port(v, true, 53, (struct lwsi_hostport *)(void *)field) < 0)
-      return fail(err, errlen,
-                  "%s: '%s' is not valid: expected IP[:PORT], e.g. 10.96.0.10 or 127.0.0.1:5353",
-                  who, v);
-    return 0;
+  }
   }
   return -EINVAL;
 }
@@ -404,11 +425,6 @@ static int strip_token(struct lwsi_config *cfg, const char *label, char *err, si
   return 0;
 }
 
-const char *lwsi_config_preset_name(enum lwsi_preset p)
-{
-  return preset_choices[p];
-}
-
 const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode)
 {
   /* The parse table is the one list of the names, so that what --gpu-check
@@ -422,17 +438,14 @@ const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode)
 
 bool lwsi_config_dist_port(const struct lwsi_config *cfg, uint16_t *port)
 {
-  /* Each engine's usual port: SGLang's LWS example uses 20000 for
-   * --dist-init-addr; vLLM's --master-port defaults to 29501 and its
-   * --data-parallel-rpc-port to 13345. */
-  static const uint16_t preset_ports[] = {0, 20000, 29501, 13345};
   if (cfg->has_dist_port) {
     *port = cfg->dist_port;
     return true;
   }
-  if (cfg->preset == LWSI_PRESET_NONE)
+  const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
+  if (e == NULL || e->dist_port == 0)
     return false;
-  *port = preset_ports[cfg->preset];
+  *port = e->dist_port;
   return true;
 }
 
@@ -448,8 +461,10 @@ void lwsi_config_usage(int fd)
           "Options:\n");
   for (size_t i = 0; i < O_COUNT; i++) {
     const struct opt *o = &opts[i];
-    char flag[64], env[64];
-    snprintf(flag, sizeof(flag), "--%s %s", o->name, o->meta);
+    char flag[80], env[64], names[64];
+    if (o->meta == NULL)
+      preset_names("|", false, names, sizeof(names));
+    snprintf(flag, sizeof(flag), "--%s %s", o->name, o->meta != NULL ? o->meta : names);
     env_name(o->name, env, sizeof(env));
     dprintf(fd, "  %-36s %s\n", flag, o->help);
     dprintf(fd, "  %-36s env %s%s%s; default: %s\n", "", env, o->lws_env ? ", " : "",
@@ -623,9 +638,14 @@ static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
     {"leader", ""}, {"leader_ip", ""}, {"size", ""}, {"rank", ""},
     {"dist_port", has_dport ? "" : NULL},
   };
-  if (cfg->preset == LWSI_PRESET_VLLM_DP && lwsi_cmdline_dp_local(cfg) == 0)
-    return fail(err, errlen, "--preset vllm-dp: the data-parallel ranks on each node are not "
-                "known: give --dp-local N or --data-parallel-size-local N in COMMAND");
+  const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
+  if (e->dp_local_flag != NULL && lwsi_engine_dp_local(e, cfg->dp_local, cfg->argv) == 0)
+    return fail(err, errlen, "--preset %s: the data-parallel ranks on each node are not "
+                "known: give --dp-local N or %s N in COMMAND", e->name, e->dp_local_flag);
+  const char *refused = lwsi_engine_refused(e, cfg->argv);
+  if (refused != NULL)
+    return fail(err, errlen, "--preset %s: COMMAND has %s, which contradicts the flags the "
+                "preset appends: remove it, or use --preset none", e->name, refused);
   for (int i = 0; i < cfg->argc; i++) {
     char bad[64];
     int rc = lwsi_expand_check(cfg->argv[i], vars, sizeof(vars) / sizeof(vars[0]), bad,
@@ -658,9 +678,12 @@ static int check_cross(struct lwsi_config *cfg, const struct source *src, char *
   if (cfg->gpu_check == LWSI_GPU_CHECK_NCCL && cfg->gpus == 0 && cfg->size > 1)
     return fail(err, errlen, "%s: 'nccl' in a group needs --gpus N (the GPUs on each node)",
                 src[O_GPU_CHECK].label);
-  if (src[O_DP_LOCAL].set && cfg->preset != LWSI_PRESET_VLLM_DP)
-    return fail(err, errlen, "%s: '%s' is only used with --preset vllm-dp", src[O_DP_LOCAL].label,
-                src[O_DP_LOCAL].text);
+  if (src[O_DP_LOCAL].set && lwsi_engine_get(cfg->preset)->dp_local_flag == NULL) {
+    char names[64];
+    preset_names(" or ", true, names, sizeof(names));
+    return fail(err, errlen, "%s: '%s' is only used with --preset %s", src[O_DP_LOCAL].label,
+                src[O_DP_LOCAL].text, names);
+  }
   return 0;
 }
 

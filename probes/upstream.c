@@ -1,3 +1,6 @@
+/* The upstream health poller (include/lwsinit/upstream.h): libcurl loaded
+ * with dlopen and driven by the agent's loop. It polls whatever URL it is
+ * given; which URL an engine serves is the engine table's (engine.h). */
 #include "lwsinit/upstream.h"
 
 /* Headers only: every curl_* function is reached through the table below,
@@ -565,84 +568,4 @@ void lwsi_upstream_close(struct lwsi_upstream *u)
     sock_unlink(u, u->socks);
   uv_close((uv_handle_t *)&u->tick, NULL);
   uv_close((uv_handle_t *)&u->curl_timer, NULL);
-}
-
-/* ---- presets ---------------------------------------------------------- */
-
-struct preset_url {
-  const char *url;    /* the default */
-  const char *prefix; /* before the port */
-  const char *path;   /* after the port */
-  bool workers;       /* workers serve it too */
-};
-
-static const struct preset_url preset_urls[] = {
-  [LWSI_PRESET_NONE] = {NULL, NULL, NULL, false},
-  /* python/sglang/srt/server_args.py: port = 30000; http_server.py serves
-   * GET /health (503 while starting, 200 once a one-token generation gets
-   * through: it takes about a second); ranks >= 1 run
-   * launch_dummy_health_check_server on the same port. */
-  [LWSI_PRESET_SGLANG] = {"http://127.0.0.1:30000/health", "http://127.0.0.1:", "/health", true},
-  /* vllm/entrypoints/openai/cli_args.py: port = 8000; GET /health is 200
-   * while the engine lives. Workers of a plain multi-node vllm run
-   * --headless: no API server. */
-  [LWSI_PRESET_VLLM] = {"http://127.0.0.1:8000/health", "http://127.0.0.1:", "/health", false},
-  /* Hybrid load balancing: one API server on every node. */
-  [LWSI_PRESET_VLLM_DP] = {"http://127.0.0.1:8000/health", "http://127.0.0.1:", "/health", true},
-};
-
-const char *lwsi_upstream_default_url(enum lwsi_preset p, bool leader)
-{
-  if ((unsigned)p >= sizeof(preset_urls) / sizeof(preset_urls[0]))
-    return NULL;
-  const struct preset_url *pu = &preset_urls[p];
-  if (pu->url == NULL || (!leader && !pu->workers))
-    return NULL;
-  return pu->url;
-}
-
-/* A port as argparse would take it; 0 when it is not one. */
-static unsigned parse_port(const char *s)
-{
-  unsigned v = 0;
-  if (*s == '\0')
-    return 0;
-  for (; *s != '\0'; s++) {
-    if (*s < '0' || *s > '9')
-      return 0;
-    v = v * 10 + (unsigned)(*s - '0');
-    if (v > 65535)
-      return 0;
-  }
-  return v;
-}
-
-int lwsi_upstream_preset_url(enum lwsi_preset p, bool leader, char *const *argv, char *buf,
-                             size_t buflen)
-{
-  const char *def = lwsi_upstream_default_url(p, leader);
-  if (def == NULL)
-    return -ENOENT;
-  const struct preset_url *pu = &preset_urls[p];
-  unsigned port = 0;
-  for (size_t i = 1; argv != NULL && argv[0] != NULL && argv[i] != NULL; i++) {
-    /* After "--" argparse takes everything as positional arguments. */
-    if (strcmp(argv[i], "--") == 0)
-      break;
-    if (strcmp(argv[i], "--port") == 0 && argv[i + 1] != NULL) {
-      unsigned v = parse_port(argv[i + 1]);
-      if (v != 0)
-        port = v;
-      i++;
-    } else if (strncmp(argv[i], "--port=", 7) == 0) {
-      unsigned v = parse_port(argv[i] + 7);
-      if (v != 0)
-        port = v;
-    }
-  }
-  int n = port != 0 ? snprintf(buf, buflen, "%s%u%s", pu->prefix, port, pu->path)
-                    : snprintf(buf, buflen, "%s", def);
-  if (n < 0 || (size_t)n >= buflen)
-    return -ENOSPC;
-  return 0;
 }

@@ -1,12 +1,15 @@
 /* The engine's command line: COMMAND with its placeholders replaced and the
  * preset's multi-node flags appended (contract, "Launching"), and the
- * digest that members compare before launch (issue 3). */
+ * digest that members compare before launch, so that a member started
+ * from another template cannot join a group whose engines would then
+ * disagree about their ranks or ports. */
 #ifndef LWSINIT_CMDLINE_H
 #define LWSINIT_CMDLINE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
-#include "lwsinit/config.h"
+struct lwsi_config;
 
 struct lwsi_cmdline_values {
   const char *leader;    /* as given */
@@ -15,14 +18,12 @@ struct lwsi_cmdline_values {
   unsigned rank;
 };
 
-/* Builds the argv to exec (malloc'd; free with lwsi_expand_free). Returns 0,
- * or a negative errno with the offending placeholder name in bad. */
+/* Builds the argv to exec (malloc'd; free with lwsi_expand_free): COMMAND
+ * expanded, then the preset's flags (include/lwsinit/engine.h) on every
+ * rank, then its workers' flags on ranks > 0. Returns 0, or a negative
+ * errno with the offending placeholder name in bad. */
 int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_values *v,
                        char ***out, char *bad, size_t badlen);
-
-/* vllm-dp: the data-parallel ranks on each node, from --dp-local or a
- * --data-parallel-size-local already in COMMAND. 0 when neither is there. */
-unsigned lwsi_cmdline_dp_local(const struct lwsi_config *cfg);
 
 /* SHA-256 over what must be the same on every rank: the preset, the engine
  * port, and COMMAND as written, with placeholders unexpanded and arguments

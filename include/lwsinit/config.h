@@ -7,10 +7,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lwsinit/engine.h"
+
 #define LWSI_CONFIG_ERR_MAX 512
 #define LWSI_TOKEN_MAX 4096
 
-enum lwsi_preset { LWSI_PRESET_NONE, LWSI_PRESET_SGLANG, LWSI_PRESET_VLLM, LWSI_PRESET_VLLM_DP };
 enum lwsi_peer_loss { LWSI_PEER_LOSS_EXIT, LWSI_PEER_LOSS_STAY };
 enum lwsi_readiness { LWSI_READY_SERVING, LWSI_READY_GROUP, LWSI_READY_LISTENING };
 enum lwsi_gpu_check { LWSI_GPU_CHECK_NONE, LWSI_GPU_CHECK_CUDA, LWSI_GPU_CHECK_NCCL };
@@ -43,7 +44,7 @@ struct lwsi_config {
   uint64_t heartbeat_ms;
   uint64_t peer_timeout_ms;
   enum lwsi_peer_loss on_peer_loss;
-  enum lwsi_preset preset;
+  enum lwsi_preset preset; /* a row of the engine table (engine.h) */
   bool has_dist_port;
   uint16_t dist_port;
   uint32_t dp_local;
@@ -86,15 +87,14 @@ int lwsi_config_parse(struct lwsi_config *cfg, int argc, char **argv,
 /* Writes --help to fd. */
 void lwsi_config_usage(int fd);
 
-const char *lwsi_config_preset_name(enum lwsi_preset p);
-
 /* The --gpu-check mode as the user writes it ("none", "cuda", "nccl"), the
  * word the check program takes as its mode and the status reports; "?" for
  * a value outside the enum. */
 const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode);
 
 /* The engine's own port that {dist_port} stands for: --dist-port, or the
- * preset's default. Returns false when there is none. */
+ * preset's default from the engine table. Returns false when there is
+ * none. */
 bool lwsi_config_dist_port(const struct lwsi_config *cfg, uint16_t *port);
 
 #endif

@@ -27,8 +27,6 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "lwsinit/config.h"
-
 /* What the last poll ended with, for metrics labels and policy. */
 enum lwsi_upstream_outcome {
   LWSI_UPSTREAM_NONE,    /* no poll has finished yet */
@@ -99,7 +97,8 @@ int lwsi_upstream_load(const char *name, char *err, size_t errlen);
  * OpenSSL/3.0.x ..."), or NULL before a successful load. */
 const char *lwsi_upstream_curl_version(void);
 
-/* Starts polling url (http:// or https://) every interval_ms, each poll
+/* Starts polling url (http:// or https://; --upstream, or the preset's from
+ * lwsi_engine_health_url) every interval_ms, each poll
  * limited to timeout_ms, the first poll at once. Loads libcurl if needed.
  * u is zeroed first (u->data is kept). Returns 0, or a negative errno with
  * one line in err: -EINVAL (not an http(s) URL, or an interval or timeout
@@ -122,22 +121,5 @@ void lwsi_upstream_close(struct lwsi_upstream *u);
 
 /* "ok", "http", "timeout", "connect", "error"; "none" before any result. */
 const char *lwsi_upstream_outcome_name(enum lwsi_upstream_outcome o);
-
-/* The preset's health URL with its engine's default port, or NULL for no
- * polling. leader: rank 0. SGLang serves /health on --port (default 30000)
- * on every rank (non-zero ranks run a small health-only server); vLLM's
- * OpenAI server listens on --port (default 8000) and its /health answers
- * 200 only when the engine is alive, but `vllm` workers run --headless,
- * with no HTTP server, so they get NULL; `vllm-dp` (hybrid load balancing)
- * runs an API server on every node. */
-const char *lwsi_upstream_default_url(enum lwsi_preset p, bool leader);
-
-/* Like lwsi_upstream_default_url, but with the port the engine was really
- * given: the last `--port N` or `--port=N` among argv[1..] (argparse
- * semantics: the last wins), else the default. argv is the engine's
- * expanded NULL-terminated argv, or NULL. Writes the URL to buf and returns
- * 0, -ENOENT when the preset polls nothing, or -ENOSPC. */
-int lwsi_upstream_preset_url(enum lwsi_preset p, bool leader, char *const *argv, char *buf,
-                             size_t buflen);
 
 #endif

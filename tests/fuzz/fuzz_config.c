@@ -17,6 +17,7 @@
  * nothing can block. */
 #include "lwsinit/cmdline.h"
 #include "lwsinit/config.h"
+#include "lwsinit/engine.h"
 #include "lwsinit/expand.h"
 
 #include <errno.h>
@@ -145,7 +146,7 @@ static void check_accepted(const struct lwsi_config *cfg, int argc, char **argv)
   CHECK(cfg->rdzv_port >= 1);
   CHECK(cfg->argc >= 1 && cfg->argv == argv + (argc - cfg->argc));
   CHECK(cfg->argv[cfg->argc] == NULL);
-  CHECK(lwsi_config_preset_name(cfg->preset) != NULL);
+  CHECK(lwsi_engine_get(cfg->preset) != NULL);
   uint16_t port = 0;
   if (lwsi_config_dist_port(cfg, &port))
     CHECK(port >= 1);

@@ -1,6 +1,7 @@
 /* The engine's command line: presets and the group digest. */
 #include "lwsinit/cmdline.h"
 
+#include "lwsinit/config.h"
 #include "lwsinit/expand.h"
 
 #include <stdlib.h>
@@ -75,6 +76,18 @@ int main(void)
              "vllm serve m --data-parallel-size-local 8 --data-parallel-size 32 "
              "--data-parallel-start-rank 16 --data-parallel-address 10.0.0.7 "
              "--data-parallel-rpc-port 13345 --data-parallel-hybrid-lb");
+  /* vLLM reads the last --data-parallel-size-local (argparse): the group's
+   * data-parallel size and this node's first rank follow that one, not an
+   * earlier one the template left in. */
+  char *dp2[] = {"vllm", "serve", "m", "--data-parallel-size-local", "2",
+                 "--data-parallel-size-local=8"};
+  expect_cmd("vllm-dp", dp2, 6, 2,
+             "vllm serve m --data-parallel-size-local 2 --data-parallel-size-local=8 "
+             "--data-parallel-size 32 --data-parallel-start-rank 16 "
+             "--data-parallel-address 10.0.0.7 --data-parallel-rpc-port 13345 "
+             "--data-parallel-hybrid-lb");
+  char *dpl[] = {"vllm", "serve", "m"};
+  TAP_OK(setup(dpl, 3, "vllm-dp") < 0, "vllm-dp without a size per node is refused");
   char *plain[] = {"engine", "--rank={rank}", "{leader}", "{\"k\": 1}"};
   expect_cmd(NULL, plain, 4, 2, "engine --rank=2 sglang-0.sglang.default {\"k\": 1}");
 

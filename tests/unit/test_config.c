@@ -4,6 +4,7 @@
 #include "lwsinit/config.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -50,7 +51,7 @@ static const struct bad_case bad_cases[] = {
   {{"--heartbeat", "5", "true"}, {NULL}, {"--heartbeat", "'5'"}},
   {{"--heartbeat", "2000", "--peer-timeout", "1000", "true"}, {NULL}, {"--peer-timeout", "'1000'"}},
   {{"--on-peer-loss", "restart", "true"}, {NULL}, {"--on-peer-loss", "'restart'", "exit, stay"}},
-  {{"--preset", "trtllm", "true"}, {NULL}, {"--preset", "'trtllm'"}},
+  {{"--preset", "trtllm", "true"}, {NULL}, {"--preset", "'trtllm'", "none, sglang, vllm, vllm-dp"}},
   {{"--readiness", "ready", "true"}, {NULL}, {"--readiness", "'ready'"}},
   {{"--gpu-check", "yes", "true"}, {NULL}, {"--gpu-check", "'yes'"}},
   {{"--gpus", "-8", "true"}, {NULL}, {"--gpus", "'-8'"}},
@@ -239,6 +240,39 @@ static void test_gpu_check_name(void)
              "a negative value is '?'");
 }
 
+/* --preset takes the engine table's names, and its defaults follow. */
+static void test_presets(void)
+{
+  static struct lwsi_config cfg;
+  char err[LWSI_CONFIG_ERR_MAX];
+  const char *env[] = {NULL};
+  for (int i = 0; i < LWSI_PRESET_COUNT; i++) {
+    const struct lwsi_engine *e = lwsi_engine_get((enum lwsi_preset)i);
+    const char *args[] = {"--preset", e->name, "--dp-local", "2", "true", NULL};
+    if (e->dp_local_flag == NULL) { /* --dp-local is refused without the rule */
+      args[2] = "true";
+      args[3] = NULL;
+    }
+    int rc = parse(args, env, &cfg, err, sizeof(err));
+    uint16_t port = 0;
+    bool has = rc == 0 && lwsi_config_dist_port(&cfg, &port);
+    TAP_OK(rc == 0 && cfg.preset == e->id && has == (e->dist_port != 0) &&
+               (!has || port == e->dist_port),
+           "--preset %s: its row, {dist_port} %u (%s)", e->name, port, err);
+  }
+  char buf[8192] = "";
+  FILE *f = tmpfile();
+  if (f != NULL) {
+    lwsi_config_usage(fileno(f));
+    rewind(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+  }
+  TAP_OK(strstr(buf, "--preset none|sglang|vllm|vllm-dp ") != NULL,
+         "--help lists the presets");
+}
+
 int main(void)
 {
   test_bad();
@@ -248,5 +282,6 @@ int main(void)
   test_token();
   test_modes();
   test_gpu_check_name();
+  test_presets();
   return tap_done();
 }

@@ -362,38 +362,11 @@ static void count_handle(uv_handle_t *h, void *arg)
 
 /* ---- the tests ----------------------------------------------------------- */
 
-static void test_presets(void)
+/* Which URL each preset polls is the engine table's (test_engine). */
+static void test_outcome_names(void)
 {
-  TAP_STR_EQ(lwsi_upstream_default_url(LWSI_PRESET_SGLANG, true),
-             "http://127.0.0.1:30000/health", "sglang leader: port 30000, /health");
-  TAP_STR_EQ(lwsi_upstream_default_url(LWSI_PRESET_SGLANG, false),
-             "http://127.0.0.1:30000/health", "sglang worker: its health-only server");
-  TAP_STR_EQ(lwsi_upstream_default_url(LWSI_PRESET_VLLM, true), "http://127.0.0.1:8000/health",
-             "vllm leader: port 8000, /health");
-  TAP_OK(lwsi_upstream_default_url(LWSI_PRESET_VLLM, false) == NULL,
-         "vllm worker (--headless): no polling");
-  TAP_STR_EQ(lwsi_upstream_default_url(LWSI_PRESET_VLLM_DP, false),
-             "http://127.0.0.1:8000/health", "vllm-dp worker: its own API server");
-  TAP_OK(lwsi_upstream_default_url(LWSI_PRESET_NONE, true) == NULL, "preset none: no polling");
-
-  char buf[128];
-  char *sg[] = {"python3", "-m", "sglang.launch_server", "--port", "31000", NULL};
-  TAP_OK(lwsi_upstream_preset_url(LWSI_PRESET_SGLANG, true, sg, buf, sizeof(buf)) == 0 &&
-             strcmp(buf, "http://127.0.0.1:31000/health") == 0,
-         "the engine's --port N wins over the default (%s)", buf);
-  char *vl[] = {"vllm", "serve", "m", "--port=8001", "--port", "8002", NULL};
-  TAP_OK(lwsi_upstream_preset_url(LWSI_PRESET_VLLM_DP, false, vl, buf, sizeof(buf)) == 0 &&
-             strcmp(buf, "http://127.0.0.1:8002/health") == 0,
-         "the last --port wins, --port=N too (%s)", buf);
-  char *bad[] = {"vllm", "serve", "--port", "80x", "--", "--port", "9", NULL};
-  TAP_OK(lwsi_upstream_preset_url(LWSI_PRESET_VLLM, true, bad, buf, sizeof(buf)) == 0 &&
-             strcmp(buf, "http://127.0.0.1:8000/health") == 0,
-         "a bad port or one after -- leaves the default (%s)", buf);
-  TAP_OK(lwsi_upstream_preset_url(LWSI_PRESET_VLLM, false, vl, buf, sizeof(buf)) == -ENOENT,
-         "vllm worker: -ENOENT");
-  TAP_OK(lwsi_upstream_preset_url(LWSI_PRESET_SGLANG, true, NULL, buf, 10) == -ENOSPC,
-         "a short buffer: -ENOSPC");
   TAP_STR_EQ(lwsi_upstream_outcome_name(LWSI_UPSTREAM_TIMEOUT), "timeout", "outcome names");
+  TAP_STR_EQ(lwsi_upstream_outcome_name(LWSI_UPSTREAM_NONE), "none", "no result yet: none");
 }
 
 static void test_bad_start(void)
@@ -593,7 +566,7 @@ int main(void)
   uv_timer_init(&loop, &pace);
   uv_timer_start(&pace, on_pace, PACE_MS, PACE_MS);
 
-  test_presets();
+  test_outcome_names();
   test_bad_start();
   test_load_failures();
   test_load_cost();
