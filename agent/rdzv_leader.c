@@ -574,7 +574,7 @@ static void leader_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
     leader_member_gone(r, c, why);
   }
 out:
-  lwsi_msg_free(&m);
+  lwsi_wire_msg_free(&m);
 }
 
 static void leader_eof(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, ssize_t err)

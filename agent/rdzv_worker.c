@@ -356,7 +356,7 @@ static void worker_frame(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const ui
     break;
   }
 out:
-  lwsi_msg_free(&m);
+  lwsi_wire_msg_free(&m);
 }
 
 static void worker_eof(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, ssize_t err)
@@ -462,10 +462,10 @@ static uint64_t worker_next_due(struct lwsi_rdzv *r, uint64_t due)
 {
   struct lwsi_rdzv_conn *c = r->as_worker.conn;
   due = lwsi__rdzv_hb_due(r, c != NULL && c->state == C_MEMBER, due);
-  if (c != NULL && c->state != C_CLOSING)
-    due = lwsi__rdzv_min(due,
-                         c->state == C_MEMBER ? c->last_rx + r->cfg.peer_timeout_ms + 1 : c->deadline);
-  return due;
+  if (c == NULL || c->state == C_CLOSING)
+    return due;
+  uint64_t limit = c->state == C_MEMBER ? c->last_rx + r->cfg.peer_timeout_ms + 1 : c->deadline;
+  return lwsi__rdzv_min(due, limit);
 }
 
 static void worker_tick(struct lwsi_rdzv *r)

@@ -82,6 +82,8 @@ sources_of() { # meson.build variable
 SRCS=()
 for f in $(sources_of agent/meson.build agent_sources); do SRCS+=("agent/$f"); done
 for f in $(sources_of probes/meson.build probes_sources); do SRCS+=("probes/$f"); done
+# The shared helpers (common/meson.build), which agent and probe sources call.
+for f in common/*.c; do SRCS+=("$f"); done
 [ ${#SRCS[@]} -gt 10 ] || { echo "run.sh: cannot read the source lists from meson.build" >&2; exit 2; }
 
 mkdir -p "$B/obj" "$B/logs"
@@ -144,7 +146,7 @@ fi
 if [ "$WRITE_SEEDS" = 1 ]; then
   # shellcheck disable=SC2086
   "$CC" -std=gnu11 -D_GNU_SOURCE -g -O1 -Iinclude -I"$B" $PKG_CFLAGS -Wall -Wextra -Werror \
-    tests/fuzz/gen_seeds.c agent/wire.c agent/crypto.c -lcjson -ldl -o "$B/gen_seeds"
+    tests/fuzz/gen_seeds.c agent/wire.c agent/crypto.c common/text.c -lcjson -ldl -o "$B/gen_seeds"
   rm -rf tests/fuzz/corpus
   "$B/gen_seeds" tests/fuzz/corpus
   echo "run.sh: wrote $(find tests/fuzz/corpus -type f | wc -l) seeds into tests/fuzz/corpus/"
