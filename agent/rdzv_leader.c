@@ -22,9 +22,9 @@
 
 /* The waiting list goes to every joined worker, so one per join would be
  * O(size^2) frames while a large group forms (docs/design.md, scaling):
- * it goes out at most every WAITING_MS, with the latest list. It only
- * informs (workers show it), so its lag costs nothing. */
-#define WAITING_MS 200
+ * it goes out at most every LWSI_RDZV_WAITING_MS, with the latest list.
+ * It only informs (workers show it), so its lag costs nothing. */
+#define LWSI_RDZV_WAITING_MS 200
 
 /* ---- small helpers ---- */
 
@@ -136,10 +136,10 @@ static void leader_broadcast_waiting(struct lwsi_rdzv *r)
     return;
   }
   uint64_t now = uv_now(r->loop);
-  if (r->as_leader.waiting_sent && now - r->as_leader.waiting_at < WAITING_MS) {
+  if (r->as_leader.waiting_sent && now - r->as_leader.waiting_at < LWSI_RDZV_WAITING_MS) {
     /* Still due: the defer timer brings us back when the interval ends
      * (an earlier schedule_defer only makes us check sooner). */
-    lwsi__rdzv_schedule_defer_in(r, WAITING_MS - (now - r->as_leader.waiting_at));
+    lwsi__rdzv_schedule_defer_in(r, LWSI_RDZV_WAITING_MS - (now - r->as_leader.waiting_at));
     return;
   }
   r->as_leader.notify_waiting = false;
