@@ -1,5 +1,7 @@
 #include "lwsinit/resolver.h"
 
+#include "lwsinit/text.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -35,18 +37,6 @@ const char *lwsi_resolver_state_name(enum lwsi_resolver_state state)
 }
 
 /* ---- small helpers ---- */
-
-/* Every text here is a bounded, best-effort line: truncation is intended. */
-static void textf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void textf(char *buf, size_t len, const char *fmt, ...)
-{
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(buf, len, fmt, ap);
-  va_end(ap);
-  if (n < 0 && len > 0)
-    buf[0] = '\0';
-}
 
 /* Appends to a NUL-terminated buffer, truncating. */
 static void appendf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -355,10 +345,10 @@ static void attempt_failed(struct lwsi_resolver *r, int status)
   if (status == ARES_ECONNREFUSED)
     /* What c-ares 1.18 also ends with when every server answered REFUSED
      * or SERVFAIL (ares_process.c, skip_server): say both. */
-    textf(r->last_error, sizeof(r->last_error), "%s (or the server refused or failed the query)",
-          ares_strerror(status));
+    lwsi_text_printf(r->last_error, sizeof(r->last_error),
+                     "%s (or the server refused or failed the query)", ares_strerror(status));
   else
-    textf(r->last_error, sizeof(r->last_error), "%s", ares_strerror(status));
+    lwsi_text_printf(r->last_error, sizeof(r->last_error), "%s", ares_strerror(status));
   if (!retryable(status)) {
     finish(r, map_fatal(status));
     return;
@@ -422,7 +412,7 @@ static void on_deadline(uv_timer_t *t)
     if (r->last_error[0] == '\0') {
       /* The first attempt never came back: no other error to report. */
       r->last_ares = ARES_ETIMEOUT;
-      textf(r->last_error, sizeof(r->last_error), "%s", ares_strerror(ARES_ETIMEOUT));
+      lwsi_text_printf(r->last_error, sizeof(r->last_error), "%s", ares_strerror(ARES_ETIMEOUT));
     }
   }
   finish(r, -ETIMEDOUT);
@@ -446,9 +436,9 @@ static void describe_servers(struct lwsi_resolver *r, const char *dns_server_tex
                              const char *resolv_conf)
 {
   if (dns_server_text != NULL) {
-    textf(r->server_desc, sizeof(r->server_desc), "--dns-server %s", dns_server_text);
+    lwsi_text_printf(r->server_desc, sizeof(r->server_desc), "--dns-server %s", dns_server_text);
   } else {
-    textf(r->server_desc, sizeof(r->server_desc), "nameservers from %s (", resolv_conf);
+    lwsi_text_printf(r->server_desc, sizeof(r->server_desc), "nameservers from %s (", resolv_conf);
     struct ares_addr_port_node *servers = NULL;
     if (ares_get_servers_ports(r->channel, &servers) == ARES_SUCCESS) {
       for (struct ares_addr_port_node *s = servers; s != NULL; s = s->next) {
@@ -472,11 +462,11 @@ static void describe_servers(struct lwsi_resolver *r, const char *dns_server_tex
   if (ares_save_options(r->channel, &o, &mask) != ARES_SUCCESS)
     return;
   if (o.ndomains > 0) {
-    textf(r->search_desc, sizeof(r->search_desc), "search");
+    lwsi_text_printf(r->search_desc, sizeof(r->search_desc), "search");
     for (int i = 0; i < o.ndomains; i++)
       appendf(r->search_desc, sizeof(r->search_desc), " %s", o.domains[i]);
   } else {
-    textf(r->search_desc, sizeof(r->search_desc), "no search list");
+    lwsi_text_printf(r->search_desc, sizeof(r->search_desc), "no search list");
   }
   appendf(r->search_desc, sizeof(r->search_desc), "; ndots %d", o.ndots);
   ares_destroy_options(&o);
@@ -511,7 +501,7 @@ int lwsi_resolver_start(struct lwsi_resolver *r, uv_loop_t *loop, const char *na
   r->loop = loop;
   r->done = done;
   r->progress = progress;
-  textf(r->name, sizeof(r->name), "%s", name);
+  lwsi_text_copy(r->name, sizeof(r->name), name);
   rng_seed(r);
   r->retry_min = opts->retry_min_ms ? opts->retry_min_ms : LWSI_RESOLVER_RETRY_MIN_MS;
   r->retry_max = opts->retry_max_ms ? opts->retry_max_ms : LWSI_RESOLVER_RETRY_MAX_MS;
@@ -523,7 +513,7 @@ int lwsi_resolver_start(struct lwsi_resolver *r, uv_loop_t *loop, const char *na
   if (family != 0) {
     r->literal = true;
     r->family = family;
-    textf(r->server_desc, sizeof(r->server_desc), "none (IP literal)");
+    lwsi_text_printf(r->server_desc, sizeof(r->server_desc), "none (IP literal)");
   } else {
     r->ip[0] = '\0';
     int rc = lwsi_resolver_library_init();
@@ -540,8 +530,8 @@ int lwsi_resolver_start(struct lwsi_resolver *r, uv_loop_t *loop, const char *na
         return -EINVAL;
       unsigned port = opts->dns_port ? opts->dns_port : 53;
       /* ares_set_servers_ports_csv(3): "host:port", IPv6 as "[host]:port". */
-      textf(server_csv, sizeof(server_csv), sf == AF_INET6 ? "[%s]:%u" : "%s:%u", server_ip,
-            port);
+      lwsi_text_printf(server_csv, sizeof(server_csv), sf == AF_INET6 ? "[%s]:%u" : "%s:%u",
+                       server_ip, port);
       server_text = server_csv;
     }
 
@@ -563,9 +553,9 @@ int lwsi_resolver_start(struct lwsi_resolver *r, uv_loop_t *loop, const char *na
      * with a new id, so an answer later than one try is dropped, and a
      * server that always answers in 1 s would never be heard: the second
      * try (same id, twice the timeout) still takes the first one's answer
-     * up to 2.25 s late (issue 7, "DNS server slow"). With n servers an
-     * attempt sends up to n * tries queries (ares_init_options(3),
-     * ARES_OPT_TRIES). */
+     * up to 2.25 s late, so that a slow server is still heard. With n
+     * servers an attempt sends up to n * tries queries
+     * (ares_init_options(3), ARES_OPT_TRIES). */
     o.timeout = (int)(opts->query_timeout_ms ? opts->query_timeout_ms
                                              : LWSI_RESOLVER_QUERY_TIMEOUT_MS);
     o.tries = (int)(opts->query_tries ? opts->query_tries : LWSI_RESOLVER_QUERY_TRIES);

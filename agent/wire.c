@@ -1,6 +1,7 @@
 #include "lwsinit/wire.h"
 
 #include "lwsinit/crypto.h"
+#include "lwsinit/text.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -337,17 +338,6 @@ int lwsi_wire_encode(const struct lwsi_msg *m, uint8_t **frame, size_t *len)
 
 /* ---- decoding ---- */
 
-static int hexval(char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 static int get_hex(const cJSON *o, const char *key, uint8_t *out, size_t n)
 {
   const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -355,7 +345,7 @@ static int get_hex(const cJSON *o, const char *key, uint8_t *out, size_t n)
     return -EBADMSG;
   const char *s = it->valuestring;
   for (size_t i = 0; i < n; i++) {
-    int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+    int hi = lwsi_text_hexval(s[2 * i]), lo = lwsi_text_hexval(s[2 * i + 1]);
     if (hi < 0 || lo < 0)
       return -EBADMSG;
     out[i] = (uint8_t)(hi << 4 | lo);
@@ -621,13 +611,13 @@ out:
   cJSON_Delete(o);
   if (rc < 0) {
     uint32_t ver = out->v;
-    lwsi_msg_free(out);
+    lwsi_wire_msg_free(out);
     out->v = ver;
   }
   return rc;
 }
 
-void lwsi_msg_free(struct lwsi_msg *m)
+void lwsi_wire_msg_free(struct lwsi_msg *m)
 {
   if (m->type == LWSI_MSG_WAITING)
     free(m->waiting.missing);

@@ -139,6 +139,7 @@ struct lwsi_rdzv;
 struct lwsi_rdzv_conn;
 struct lwsi_rdzv_slot;
 struct lwsi_rdzv_kept;
+struct lwsi_rdzv_ops;
 
 typedef void (*lwsi_rdzv_cb)(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev);
 /* Called before every heartbeat this agent sends; fills *out. */
@@ -160,8 +161,9 @@ struct lwsi_rdzv {
   /* Test hook: while true, this agent sends no heartbeats. */
   bool mute_heartbeats;
 
-  /* Private. */
+  /* Private (agent/rdzv_int.h): what both roles use. */
   uv_loop_t *loop;
+  const struct lwsi_rdzv_ops *ops; /* the role's callbacks, picked at start */
   lwsi_rdzv_cb cb;
   lwsi_rdzv_local_cb local_cb;
   struct lwsi_rdzv_config cfg; /* strings below are owned copies */
@@ -170,41 +172,54 @@ struct lwsi_rdzv {
   char host[LWSI_WIRE_ADDR_MAX];
   char source[LWSI_WIRE_ADDR_MAX];
   uint8_t *token;
-  struct sockaddr_storage peer_sa; /* worker: the leader */
-  uv_tcp_t listener;               /* leader */
-  uv_timer_t tick;                 /* heartbeats, silence, handshake deadlines: armed
-                                      for the next of them (tick_arm) */
-  uv_timer_t deadline;             /* rdzv_timeout_ms */
-  uv_timer_t defer;                /* work that must not run inside a write */
-  uv_timer_t retry;                /* worker: the next connection attempt */
-  uv_check_t check;                /* runs what tick and deadline found due, after I/O */
-  uv_idle_t idle;                  /* makes that poll not wait: see on_check */
-  bool listener_open, tick_open, deadline_open, defer_open, retry_open, check_open, idle_open;
-  bool tick_due, deadline_due, release_due;
-  uint32_t closing;               /* handles of ours that libuv has not finished closing */
-  struct lwsi_rdzv_slot *slots;   /* size entries, by rank */
-  struct lwsi_rdzv_conn *pending; /* leader: connections not joined yet */
-  uint32_t npending;
-  struct lwsi_rdzv_conn *conn; /* worker: the connection to the leader */
-  uint32_t njoined;            /* workers joined (leader) */
-  uint64_t next_hb;            /* uv_now of the next heartbeat */
-  uint64_t tick_gap;           /* the shortest time between two ticks */
-  uint64_t tick_at;            /* uv_now the tick timer is armed for */
-  uint64_t last_tick;          /* uv_now of the last tick that ran */
+  uv_timer_t tick;     /* heartbeats, silence, handshake deadlines: armed
+                          for the next of them (lwsi__rdzv_tick_arm) */
+  uv_timer_t deadline; /* rdzv_timeout_ms */
+  uv_timer_t defer;    /* work that must not run inside a write */
+  uv_check_t check;    /* runs what tick and deadline found due, after I/O */
+  uv_idle_t idle;      /* makes that poll not wait: see on_check */
+  bool tick_open, deadline_open, defer_open, check_open, idle_open;
+  bool tick_due, deadline_due;
+  uint32_t closing;             /* handles of ours that libuv has not finished closing */
+  struct lwsi_rdzv_slot *slots; /* size entries, by rank */
+  uint64_t next_hb;             /* uv_now of the next heartbeat */
+  uint64_t tick_gap;            /* the shortest time between two ticks */
+  uint64_t tick_at;             /* uv_now the tick timer is armed for */
+  uint64_t last_tick;           /* uv_now of the last tick that ran */
   uint64_t hb_seq;
-  uint64_t retry_delay;                  /* worker: the current backoff step */
-  uint64_t rng;                          /* jitter only; seeded from getrandom */
-  bool notify_waiting;                   /* leader: the missing list changed */
-  bool waiting_sent;                     /* leader: a waiting list went out */
-  uint64_t waiting_at;                   /* leader: uv_now when it went out */
-  bool released_pending;                 /* leader of a group of one: release on the loop */
-  bool accept_stuck;                     /* leader: an accept waits for memory */
-  char last_error[LWSI_WIRE_REASON_MAX]; /* worker: why the last attempt failed */
-  char missing[LWSI_WIRE_REASON_MAX];    /* the latest "ranks 2, 3" */
+  char missing[LWSI_WIRE_REASON_MAX]; /* the latest "ranks 2, 3" */
   uint32_t nmissing;
-  bool heard_missing; /* worker: the leader told us */
-  uint8_t *rbuf;      /* read buffer, one for all connections */
-  struct lwsi_rdzv_kept *kept; /* leader: the latest app broadcast of each kind */
+  uint8_t *rbuf; /* read buffer, one for all connections */
+
+  /* Private: the leader's alone (agent/rdzv_leader.c). */
+  struct {
+    uv_tcp_t listener;
+    bool listener_open;
+    struct lwsi_rdzv_conn *pending; /* connections not joined yet */
+    uint32_t npending;
+    uint32_t njoined;      /* workers joined */
+    bool release_due;      /* every worker joined: release in the check phase */
+    bool released_pending; /* a group of one: release on the loop */
+    bool notify_waiting;   /* the missing list changed */
+    bool waiting_sent;     /* a waiting list went out ... */
+    uint64_t waiting_at;   /* ... at this uv_now */
+    bool accept_stuck;     /* an accept waits for memory */
+    char fail_reason[LWSI_WIRE_REASON_MAX]; /* why the group failed */
+    struct lwsi_rdzv_kept *kept;            /* the latest app broadcast of each kind */
+  } as_leader;
+
+  /* Private: the worker's alone (agent/rdzv_worker.c). */
+  struct {
+    struct lwsi_rdzv_conn *conn;     /* the connection to the leader */
+    struct sockaddr_storage peer_sa; /* the leader */
+    uv_timer_t retry;                /* the next connection attempt */
+    bool retry_open;
+    uint64_t retry_delay;                  /* the current backoff step */
+    uint64_t rng;                          /* jitter only; seeded from getrandom */
+    char last_error[LWSI_WIRE_REASON_MAX]; /* why the last attempt failed */
+    uint32_t njoined;                      /* workers joined, as the leader last said */
+    bool heard_missing;                    /* the leader told us */
+  } as_worker;
 };
 
 /* Starts the leader (cfg->rank == 0: binds and listens; EADDRINUSE and the

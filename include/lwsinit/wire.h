@@ -144,7 +144,7 @@ struct lwsi_msg_bye {
  * results and verdict): it only checks the form. */
 struct lwsi_msg_app {
   char kind[LWSI_WIRE_KIND_MAX];
-  char *data; /* encode: the caller's text; decode: malloc'd (lwsi_msg_free) */
+  char *data; /* encode: the caller's text; decode: malloc'd (lwsi_wire_msg_free) */
 };
 
 struct lwsi_msg {
@@ -186,7 +186,7 @@ const char *lwsi_wire_type_name(enum lwsi_msg_type type);
 int lwsi_wire_encode(const struct lwsi_msg *m, uint8_t **frame, size_t *len);
 
 /* Decodes one frame's payload. Returns 0 with *out filled (free it with
- * lwsi_msg_free); or -EBADMSG for anything malformed (not JSON, not an
+ * lwsi_wire_msg_free); or -EBADMSG for anything malformed (not JSON, not an
  * object, a field missing, of the wrong type or out of range, text too
  * long or with control characters or invalid UTF-8), -EPROTONOSUPPORT for
  * another protocol version (out->v is set), -ENOMSG for an unknown type,
@@ -195,7 +195,7 @@ int lwsi_wire_encode(const struct lwsi_msg *m, uint8_t **frame, size_t *len);
 int lwsi_wire_decode(const uint8_t *buf, size_t len, struct lwsi_msg *out);
 
 /* Frees what decode allocated (the lists, an app message's data), and zeroes m. */
-void lwsi_msg_free(struct lwsi_msg *m);
+void lwsi_wire_msg_free(struct lwsi_msg *m);
 
 /* Splits a byte stream into frames, whatever the pieces it arrives in. */
 struct lwsi_wire_reader {

@@ -166,10 +166,10 @@ static void check_payload(const uint8_t *p, size_t n)
     if (m.type == LWSI_MSG_JOIN)
       check_proofs(&m, &again);
     free(frame2);
-    lwsi_msg_free(&again);
+    lwsi_wire_msg_free(&again);
     free(frame);
   }
-  lwsi_msg_free(&m);
+  lwsi_wire_msg_free(&m);
   check_empty(&m);
 }
 

@@ -152,7 +152,7 @@ fi
 if [ "$WRITE_SEEDS" = 1 ]; then
   # shellcheck disable=SC2086
   "$CC" -std=gnu11 -D_GNU_SOURCE -g -O1 -Iinclude -I"$B" $PKG_CFLAGS -Wall -Wextra -Werror \
-    tests/fuzz/gen_seeds.c agent/wire.c agent/crypto.c -lcjson -ldl -o "$B/gen_seeds"
+    tests/fuzz/gen_seeds.c agent/wire.c agent/crypto.c common/text.c -lcjson -ldl -o "$B/gen_seeds"
   rm -rf tests/fuzz/corpus
   "$B/gen_seeds" tests/fuzz/corpus
   echo "run.sh: wrote $(find tests/fuzz/corpus -type f | wc -l) seeds into tests/fuzz/corpus/"

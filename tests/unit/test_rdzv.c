@@ -689,7 +689,7 @@ static void fake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
       if (f->napp < 4)
         snprintf(f->app[f->napp++], sizeof(f->app[0]), "%s=%s", m.app.kind, m.app.data);
     }
-    lwsi_msg_free(&m);
+    lwsi_wire_msg_free(&m);
   }
 }
 
@@ -1378,7 +1378,7 @@ static void fl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
       out.app.data = gpu_id;
       fl_send((uv_tcp_t *)s, &out);
     }
-    lwsi_msg_free(&m);
+    lwsi_wire_msg_free(&m);
   }
 }
 

@@ -112,7 +112,7 @@ static void test_round_trips(void)
     rc = lwsi_wire_decode(frame + LWSI_WIRE_HDR_LEN, len - LWSI_WIRE_HDR_LEN, &out);
     TAP_OK(rc == 0 && out.v == LWSI_WIRE_VERSION, "decode %s (rc %d)", name, rc);
     TAP_OK(rc == 0 && wire_msg_equal(&in, &out), "%s round-trips", name);
-    lwsi_msg_free(&out);
+    lwsi_wire_msg_free(&out);
     free(frame);
   }
 
@@ -129,7 +129,7 @@ static void test_round_trips(void)
              !out.join.auth,
          "an open join with empty revision and pod round-trips");
   TAP_OK(memmem(frame + 4, len - 4, "\"mac\"", 5) == NULL, "an open join carries no mac");
-  lwsi_msg_free(&out);
+  lwsi_wire_msg_free(&out);
   free(frame);
   sample(LWSI_MSG_HB, &in);
   in.hb.has_echo = false;
@@ -137,7 +137,7 @@ static void test_round_trips(void)
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0, "encode a first heartbeat");
   TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out),
          "a heartbeat without echo round-trips");
-  lwsi_msg_free(&out);
+  lwsi_wire_msg_free(&out);
   free(frame);
   sample(LWSI_MSG_WAITING, &in);
   in.waiting.nmissing = in.waiting.nlisted = 0;
@@ -145,7 +145,7 @@ static void test_round_trips(void)
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0 &&
              lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out),
          "an empty waiting list round-trips");
-  lwsi_msg_free(&out);
+  lwsi_wire_msg_free(&out);
   free(frame);
 }
 
@@ -213,7 +213,7 @@ static void test_encode_refuses(void)
                strcmp(back.release.members[999].pod, mb[999].pod) == 0,
            "a worker's reader for a group of 1000 takes it in pieces and it decodes");
     if (src == 1)
-      lwsi_msg_free(&back);
+      lwsi_wire_msg_free(&back);
     lwsi_wire_reader_free(&rd);
     free(frame);
   }
@@ -229,7 +229,7 @@ static int decode_str(const char *json)
   struct lwsi_msg m;
   int rc = lwsi_wire_decode((const uint8_t *)json, strlen(json), &m);
   if (rc == 0)
-    lwsi_msg_free(&m);
+    lwsi_wire_msg_free(&m);
   return rc;
 }
 
@@ -364,7 +364,7 @@ static void test_truncated_and_mutated(void)
       int rc = lwsi_wire_decode(p, cut, &out);
       if (rc == 0) {
         accepted_prefix++;
-        lwsi_msg_free(&out);
+        lwsi_wire_msg_free(&out);
       }
     }
     uint8_t *copy = malloc(n);
@@ -374,7 +374,7 @@ static void test_truncated_and_mutated(void)
       seed = seed * 1103515245u + 12345u;
       copy[(seed >> 8) % n] = (uint8_t)(seed >> 20);
       if (lwsi_wire_decode(copy, n, &out) == 0)
-        lwsi_msg_free(&out);
+        lwsi_wire_msg_free(&out);
     }
     free(copy);
     free(frame);
@@ -425,7 +425,7 @@ static void test_splitter(void)
           if (wire_msg_equal(&in, &out) &&
               out.type == (enum lwsi_msg_type)(LWSI_MSG_HELLO + got - 1))
             good++;
-          lwsi_msg_free(&out);
+          lwsi_wire_msg_free(&out);
         }
       }
     }
@@ -612,7 +612,7 @@ static void test_app(void)
   TAP_OK(rc == 0 && out.type == LWSI_MSG_APP && strcmp(out.app.kind, "gpu_id") == 0 &&
              strcmp(out.app.data, id) == 0 && out.app.data != id,
          "app: the id round-trips into a buffer of its own");
-  lwsi_msg_free(&out);
+  lwsi_wire_msg_free(&out);
   free(frame);
 
   /* The largest data, made of the characters JSON escapes: twice its size on
@@ -625,7 +625,7 @@ static void test_app(void)
          "app: 8 KiB of quotes encodes (%zu bytes)", len);
   rc = lwsi_wire_decode(frame + 4, len - 4, &out);
   TAP_OK(rc == 0 && strcmp(out.app.data, big) == 0, "app: 8 KiB of data round-trips");
-  lwsi_msg_free(&out);
+  lwsi_wire_msg_free(&out);
   free(frame);
   big[LWSI_WIRE_DATA_MAX - 1] = '"';
   big[LWSI_WIRE_DATA_MAX] = '\0';
@@ -644,7 +644,7 @@ static void test_app(void)
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0 &&
              lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && out.app.data[0] == '\0',
          "app: empty data round-trips");
-  lwsi_msg_free(&out);
+  lwsi_wire_msg_free(&out);
   free(frame);
 
   static const char *bad_kinds[] = {"", "GPU_ID", "gpu-id", "gpu id", "gpu.id", "gpu\xc3\xa9"};
