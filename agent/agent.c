@@ -8,8 +8,10 @@
 #include "lwsinit/health.h"
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
+#include "lwsinit/metrics.h"
 #include "lwsinit/status.h"
 #include "lwsinit/termlog.h"
+#include "lwsinit/text.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -40,6 +42,17 @@ static void set_phase(struct lwsi_agent *a, enum lwsi_phase p)
 static bool is_leader(const struct lwsi_agent *a)
 {
   return !a->cfg->standalone && a->cfg->rank == 0;
+}
+
+/* The engine's state, in the one vocabulary that the status document and
+ * the heartbeats share (lwsi_status_child_name). */
+static enum lwsi_status_child child_state(const struct lwsi_agent *a)
+{
+  if (a->sup.child_running)
+    return LWSI_STATUS_CHILD_RUNNING;
+  if (a->sup.child > 0)
+    return LWSI_STATUS_CHILD_EXITED;
+  return LWSI_STATUS_CHILD_NOT_STARTED;
 }
 
 /* Every failure is one line on stderr and, where there is one, in the
@@ -824,9 +837,133 @@ bool lwsi_agent_ready(struct lwsi_agent *a)
   return lwsi_health_passed(&l);
 }
 
+static enum lwsi_status_gpu gpu_state(const struct lwsi_agent *a)
+{
+  if (a->gpu.have_result)
+    return a->gpu.ok ? LWSI_STATUS_GPU_PASSED : LWSI_STATUS_GPU_FAILED;
+  if (a->gpu_on)
+    return a->gpu_gone ? LWSI_STATUS_GPU_FAILED : LWSI_STATUS_GPU_RUNNING;
+  return LWSI_STATUS_GPU_NOT_STARTED;
+}
+
+_Static_assert(LWSI_PHASE_COUNT <= LWSI_STATUS_MAX_PHASES, "a phase the snapshot cannot hold");
+_Static_assert(LWSI_UPSTREAM_OUTCOME_COUNT - 1 <= LWSI_STATUS_MAX_OUTCOMES,
+               "an upstream outcome the snapshot cannot hold");
+
+/* Fills the snapshot that status.c renders. members has room for a row per
+ * rank when there is a group (status_rows). The member rows and the count
+ * of live members both come from the rendezvous, once each. */
+static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s,
+                            struct lwsi_status_member *members)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  uint64_t now = uv_now(&a->loop);
+  memset(s, 0, sizeof(*s));
+  s->rank = cfg->rank;
+  s->size = cfg->size;
+  s->standalone = cfg->standalone;
+  s->ready = lwsi_agent_ready(a);
+  s->leader = cfg->leader;
+  s->leader_ip = a->leader_ip;
+  for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
+    s->phases[p].name = phase_names[p];
+    s->phases[p].ms = a->phase_ms[p] + (p == (int)a->phase ? now - a->phase_since_ms : 0);
+  }
+  s->nphases = LWSI_PHASE_COUNT;
+  s->phase = a->phase;
+  s->total_ms = now - a->started_ms;
+
+  s->child.state = child_state(a);
+  s->child.pid = (int)a->sup.child;
+  s->child.exit_code = lwsi_supervisor_exit_code(a->sup.child_status);
+  s->child.orphans_reaped = a->sup.reaped_others;
+
+  const struct lwsi_upstream *u = &a->upstream;
+  s->upstream.enabled = a->upstream_on;
+  s->upstream.url = a->upstream_url;
+  s->upstream.known = u->known;
+  s->upstream.ok = u->ok;
+  s->upstream.outcome = lwsi_upstream_outcome_name(u->outcome);
+  s->upstream.http_status = u->http_status;
+  s->upstream.latency_s = u->last_latency_s;
+  s->upstream.polls = u->polls;
+  s->upstream.failures = u->failures;
+  s->upstream.error = a->upstream_err[0] ? a->upstream_err : u->last_error;
+  for (int o = LWSI_UPSTREAM_OK; o < LWSI_UPSTREAM_OUTCOME_COUNT; o++) {
+    struct lwsi_status_outcome *out = &s->upstream.by_outcome[s->upstream.noutcomes++];
+    out->name = lwsi_upstream_outcome_name((enum lwsi_upstream_outcome)o);
+    out->polls = u->by_outcome[o];
+  }
+
+  s->has_group = a->rdzv_on;
+  s->joined = 1;
+  s->alive = 1;
+  s->group.rendezvous = lwsi_rdzv_state_name(a->rdzv.state);
+  s->group.incarnation = a->rdzv.nonce_hex;
+  s->group.missing = a->rdzv_on ? lwsi_rdzv_missing(&a->rdzv) : "";
+  s->group.broken = a->group_broken;
+  s->peer_losses = a->peer_losses;
+  s->released_at = a->released_at;
+  if (a->rdzv_on) {
+    s->joined = lwsi_rdzv_joined(&a->rdzv);
+    s->alive = members_alive(a);
+  }
+  if (a->rdzv_on && members != NULL) {
+    for (uint32_t i = 0; i < cfg->size; i++) {
+      struct lwsi_rdzv_member m;
+      if (lwsi_rdzv_member(&a->rdzv, i, &m) < 0)
+        continue;
+      struct lwsi_status_member *row = &members[s->nmembers++];
+      row->rank = m.rank;
+      lwsi_text_copy(row->addr, sizeof(row->addr), m.addr);
+      lwsi_text_copy(row->pod, sizeof(row->pod), m.pod);
+      row->joined = m.joined;
+      row->alive = m.alive;
+      row->hb_age_ms = m.hb_age_ms;
+      row->rtt_us = m.rtt_us;
+      row->has_state = m.has_state;
+      lwsi_text_copy(row->child, sizeof(row->child), m.child);
+      row->upstream = m.upstream;
+    }
+    s->members = members;
+  }
+
+  s->has_gpu_check = cfg->gpu_check != LWSI_GPU_CHECK_NONE;
+  s->gpu.mode = lwsi_config_gpu_check_name(cfg->gpu_check);
+  s->gpu.state = gpu_state(a);
+  s->gpu.group_passed = a->gpu_verdict_ok;
+  s->gpu.have_result = a->gpu.have_result;
+  s->gpu.devices = a->gpu.ndevices;
+  s->gpu.model = a->gpu.model;
+  s->gpu.time_ms = a->gpu.time_ms;
+  s->gpu.busbw_gbps = a->gpu.busbw_gbps;
+  s->gpu.error = a->gpu.error;
+  s->last_error = a->last_error;
+}
+
+/* Room for the snapshot's member rows, one per rank; NULL without a group
+ * (and on allocation failure, which the callers tell apart by rdzv_on). */
+static struct lwsi_status_member *status_rows(struct lwsi_agent *a)
+{
+  return a->rdzv_on ? calloc(a->cfg->size, sizeof(struct lwsi_status_member)) : NULL;
+}
+
+static char *render_status(void *data)
+{
+  struct lwsi_agent *a = data;
+  struct lwsi_status_snapshot s;
+  struct lwsi_status_member *rows = status_rows(a);
+  if (a->rdzv_on && rows == NULL)
+    return NULL;
+  status_snapshot(a, &s, rows);
+  char *doc = lwsi_status_render(&s);
+  free(rows);
+  return doc;
+}
+
 static int probe_status(void *data, struct lwsi_http_buf *out)
 {
-  char *doc = lwsi_status_render(data);
+  char *doc = render_status(data);
   if (doc == NULL)
     return -ENOMEM;
   lwsi_http_buf_puts(out, doc);
@@ -834,10 +971,16 @@ static int probe_status(void *data, struct lwsi_http_buf *out)
   return out->err;
 }
 
-static int probe_metrics(void *data, struct lwsi_http_buf *out)
+static int probe_metrics(void *data, struct lwsi_metrics_buf *out)
 {
   struct lwsi_agent *a = data;
-  int rc = lwsi_status_metrics(a, out);
+  struct lwsi_status_snapshot s;
+  struct lwsi_status_member *rows = status_rows(a);
+  if (a->rdzv_on && rows == NULL)
+    return -ENOMEM;
+  status_snapshot(a, &s, rows);
+  int rc = lwsi_status_metrics(&s, out);
+  free(rows);
   if (rc == 0)
     rc = lwsi_http_metrics(&a->http, out);
   return rc;
@@ -870,8 +1013,7 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
     finish(a, 1, why);
     return;
   }
-  rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, lwsi_status_render,
-                              a);
+  rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, render_status, a);
   if (rc < 0) {
     /* People lose a view, the group loses nothing: keep going. */
     lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, uv_strerror(rc));
