@@ -613,8 +613,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
 static void on_rdzv_local(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out)
 {
   struct lwsi_agent *a = r->data;
-  const char *state = a->sup.child_running ? "running" : (a->sup.child > 0 ? "exited" : "none");
-  snprintf(out->child, sizeof(out->child), "%s", state);
+  lwsi_text_copy(out->child, sizeof(out->child), lwsi_status_child_name(child_state(a)));
   out->upstream = a->upstream_on && a->upstream.ok;
 }
 
