@@ -186,10 +186,10 @@ static void launch(struct lwsi_agent *a)
 static void on_child_exited(struct lwsi_agent *a, int status)
 {
   int code = lwsi_supervisor_exit_code(status);
-  char what[128];
+  char what[128], sig[LWSI_LOG_SIGNAL_NAME_MAX];
   if (WIFSIGNALED(status))
-    snprintf(what, sizeof(what), "the engine (pid %d) was killed by SIG%s (%d)", (int)a->sup.child,
-             sigabbrev_np(WTERMSIG(status)), code);
+    snprintf(what, sizeof(what), "the engine (pid %d) was killed by %s (%d)", (int)a->sup.child,
+             lwsi_log_signal_name(WTERMSIG(status), sig, sizeof(sig)), code);
   else
     snprintf(what, sizeof(what), "the engine (pid %d) exited with status %d", (int)a->sup.child,
              code);
@@ -216,10 +216,11 @@ static void on_child_exited(struct lwsi_agent *a, int status)
 static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, int arg)
 {
   struct lwsi_agent *a = sup->data;
+  char sig[LWSI_LOG_SIGNAL_NAME_MAX];
   switch (ev) {
   case LWSI_SUP_STOP_SIGNAL: {
-    char why[64];
-    snprintf(why, sizeof(why), "SIG%s", sigabbrev_np(arg));
+    char why[LWSI_LOG_SIGNAL_NAME_MAX];
+    lwsi_log_signal_name(arg, why, sizeof(why));
     if (sup->child == 0) {
       /* Before launch there is nothing to drain: end as the signal would
        * have ended us (contract: a SIGTERM before launch exits 143). */
@@ -241,10 +242,12 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
     return;
   }
   case LWSI_SUP_FORWARDED:
-    lwsi_log_debug("forwarded SIG%s to process group %d", sigabbrev_np(arg), (int)sup->child);
+    lwsi_log_debug("forwarded %s to process group %d", lwsi_log_signal_name(arg, sig, sizeof(sig)),
+                   (int)sup->child);
     return;
   case LWSI_SUP_DROPPED:
-    lwsi_log_debug("SIG%s not forwarded: no engine is running", sigabbrev_np(arg));
+    lwsi_log_debug("%s not forwarded: no engine is running",
+                   lwsi_log_signal_name(arg, sig, sizeof(sig)));
     return;
   case LWSI_SUP_KILLED:
     lwsi_log_warn("the engine did not stop within the grace period (%llu ms); sent SIGKILL "

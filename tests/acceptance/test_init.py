@@ -68,6 +68,33 @@ def t_killed_by_signal_pid1(t):
         t.agent_rc(a, 128 + int(sig))
 
 
+def t_signal_names(t):
+    """Every line that names a signal names it, real-time ones too (as
+    kill -l spells them), on stderr and in the termination log."""
+    rtmin1 = int(signal.SIGRTMIN) + 1
+    log = t.path("termination-log")
+    a = t.agent(["bash", "-c", "kill -s RTMIN+1 $$"], ["--termination-log", log],
+                testchild=False)
+    t.agent_rc(a, 128 + rtmin1)
+    want = "killed by SIGRTMIN+1 (%d)" % (128 + rtmin1)
+    t.ok(want in a.stderr(), "stderr says %r: %r" % (want, a.stderr()))
+    with open(log) as f:
+        term = f.read()
+    t.ok(want in term and "(null)" not in term, "the termination log says %r: %r" % (want, term))
+    # A forwarded real-time signal, and the highest one, by name.
+    ev = t.path("events")
+    a = t.agent(["signals", ev], ["--log-level", "debug"])
+    lt.wait_for(lambda: "ready" in open(ev).read() if os.path.exists(ev) else False, 10,
+                "the child to be up")
+    a.kill(int(signal.SIGRTMIN) + 2)
+    a.kill(int(signal.SIGRTMAX))
+    lt.wait_for(lambda: "forwarded SIGRTMAX " in a.stderr(), 10, "the forwarded SIGRTMAX")
+    t.ok("forwarded SIGRTMIN+2 " in a.stderr(), "SIGRTMIN+2 by name: %r" % a.stderr())
+    t.ok("(null)" not in a.stderr(), "no (null) on stderr")
+    a.kill(signal.SIGTERM)
+    t.agent_rc(a, 0)  # testchild exits 0 on SIGTERM
+
+
 def t_not_found(t):
     for pid1 in (False, True):
         name = "no-such-engine-%d" % pid1
@@ -330,6 +357,8 @@ lt.main([
     ("exit statuses pass through as PID 1", t_exit_codes_pid1),
     ("a child killed by signal N gives 128+N", t_killed_by_signal),
     ("a child killed by signal N gives 128+N as PID 1", t_killed_by_signal_pid1),
+    ("signals are named on stderr and in the termination log, real-time ones too",
+     t_signal_names),
     ("COMMAND not found: 127, named on stderr", t_not_found),
     ("COMMAND not executable: 126, named on stderr", t_not_executable),
     ("no COMMAND is a usage error: 2 and one line", t_no_command),
