@@ -146,6 +146,43 @@ static void start_upstream(struct lwsi_agent *a, char *const *argv)
                   (unsigned long long)cfg->upstream_interval_ms);
 }
 
+void lwsi_agent_cmdline_error(char *buf, size_t len, int err, const char *bad)
+{
+  if (err == -ENOENT && bad != NULL && bad[0] != '\0')
+    lwsi_text_printf(buf, len, "cannot prepare the engine's command line: unknown placeholder {%s}",
+                     bad);
+  else if (err == -ENODATA && bad != NULL && bad[0] != '\0')
+    lwsi_text_printf(buf, len,
+                     "cannot prepare the engine's command line: the placeholder {%s} has no value "
+                     "here", bad);
+  else
+    lwsi_text_printf(buf, len, "cannot prepare the engine's command line: %s", strerror(-err));
+}
+
+int lwsi_agent_spawn_error(char *buf, size_t len, const char *prog, int err, bool exec_failed)
+{
+  if (!exec_failed) {
+    /* The launcher fails before exec only when it cannot make the process:
+     * pipe2(2) (descriptors) or vfork(2) (EAGAIN at RLIMIT_NPROC, ENOMEM).
+     * The file was never looked at. */
+    lwsi_text_printf(buf, len,
+                     "cannot start the engine '%s': no process could be created for it "
+                     "(pipe2 or vfork): %s (exit 1)",
+                     prog, strerror(-err));
+    return 1;
+  }
+  int code = lwsi_launcher_exec_code(-err);
+  /* execve(2): EACCES is the file's (or a folder's) permission; ENOENT and
+   * ENOTDIR a name not found; the rest (ENOEXEC, ETXTBSY, E2BIG, ...) name
+   * their cause in the error's own words. */
+  const char *hint = code == 127         ? "; check COMMAND and the PATH"
+                     : err == -EACCES    ? "; check COMMAND and the file's execute permission"
+                                         : "; check COMMAND";
+  lwsi_text_printf(buf, len, "cannot run the engine '%s': %s (exit %d)%s", prog, strerror(-err),
+                   code, hint);
+  return code;
+}
+
 static void launch(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -153,14 +190,20 @@ static void launch(struct lwsi_agent *a)
     .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
   };
   char **argv = NULL, **env = NULL;
-  char bad[64];
+  char bad[64] = "";
   set_phase(a, LWSI_PHASE_RUNNING);
   int rc = lwsi_cmdline_build(cfg, &vals, &argv, bad, sizeof(bad));
-  if (rc == 0)
-    rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
   if (rc < 0) {
     char why[256];
-    snprintf(why, sizeof(why), "cannot prepare the engine's command line: %s", strerror(-rc));
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, bad);
+    lwsi_expand_free(argv);
+    finish(a, 1, why);
+    return;
+  }
+  rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
+  if (rc < 0) {
+    char why[256];
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
     lwsi_expand_free(argv);
     finish(a, 1, why);
     return;
@@ -172,10 +215,8 @@ static void launch(struct lwsi_agent *a)
     start_upstream(a, argv);
   } else {
     char why[1024];
-    int code = a->sup.child > 0 ? lwsi_launcher_exec_code(-rc) : 1;
-    snprintf(why, sizeof(why), "cannot run the engine '%s': %s (exit %d); check COMMAND and %s",
-             argv[0], strerror(-rc), code,
-             code == 127 ? "the PATH" : "the file's execute permission");
+    /* A pid means a process was created and its exec failed. */
+    int code = lwsi_agent_spawn_error(why, sizeof(why), argv[0], rc, a->sup.child > 0);
     leave_group(a, "the engine could not be started");
     finish(a, code, why);
   }
@@ -656,7 +697,7 @@ static void start_rdzv(struct lwsi_agent *a)
   err = lwsi_rdzv_start(&a->rdzv, &a->loop, &rc, on_rdzv, on_rdzv_local);
   if (err < 0) {
     snprintf(why, sizeof(why), "cannot %s the rendezvous on port %u (--rdzv-port): %s",
-             cfg->rank == 0 ? "listen for" : "start", cfg->rdzv_port, uv_strerror(err));
+             cfg->rank == 0 ? "listen for" : "start", cfg->rdzv_port, strerror(-err));
     finish(a, LWSI_EXIT_RDZV, why);
     return;
   }
@@ -1018,12 +1059,12 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
   rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, render_status, a);
   if (rc < 0) {
     /* People lose a view, the group loses nothing: keep going. */
-    lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, uv_strerror(rc));
+    lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, strerror(-rc));
   }
   rc = start_probes(a);
   if (rc < 0) {
     snprintf(why, sizeof(why), "cannot serve probes on %s:%u (--probe-addr): %s",
-             cfg->probe_addr.host, cfg->probe_addr.port, uv_strerror(rc));
+             cfg->probe_addr.host, cfg->probe_addr.port, strerror(-rc));
     finish(a, 1, why);
     return;
   }
@@ -1052,7 +1093,7 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   a->exit_code = 1;
   int rc = uv_loop_init(&a->loop);
   if (rc < 0) {
-    lwsi_log_error("cannot start the event loop: %s", uv_strerror(rc));
+    lwsi_log_error("cannot start the event loop: %s", strerror(-rc));
     return 1;
   }
   a->started_ms = uv_now(&a->loop);

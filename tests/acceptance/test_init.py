@@ -3,7 +3,9 @@
 (contract: "Exit status", "Launching", "The init"). The real lwsinit runs
 testchild as COMMAND, as PID 1 of a new PID namespace where it matters and
 plainly (as child subreaper) where being PID 1 changes nothing."""
+import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -120,6 +122,37 @@ def t_not_executable(t):
     a = t.agent([t.tmp], testchild=False)
     t.agent_rc(a, 126)
     t.ok(t.tmp in a.stderr(), "stderr names the directory")
+
+
+def t_process_not_created(t):
+    """A failure before exec (no process could be created: vfork under
+    RLIMIT_NPROC) says what failed, exits 1, and does not talk about the
+    file's execute permission, which only exec's EACCES is about."""
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if setpriv is None or prlimit is None:
+        raise lt.Skip("setpriv(1) or prlimit(1) is not installed")
+    # RLIMIT_NPROC binds an unprivileged user only (root is exempt): the
+    # agent runs as nobody, limited to the one process it is, so its vfork
+    # fails with EAGAIN (fork(2)). The limit is set after the uid change:
+    # a set*uid over the limit would make the next execve fail (execve(2)).
+    os.chmod(t.tmp, 0o777)
+    log = t.path("termination-log")
+    wrapper = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", prlimit,
+               "--nproc=1"]
+    # LeakSanitizer's check at exit needs a thread of its own, which the
+    # same limit refuses.
+    extra = {"ASAN_OPTIONS": lt.with_option(os.environ.get("ASAN_OPTIONS", ""),
+                                            "detect_leaks=0")}
+    a = t.agent(["true"], ["--termination-log", log], testchild=False, wrapper=wrapper,
+                extra_env=extra)
+    t.agent_rc(a, 1)
+    err = a.stderr()
+    t.ok("cannot start the engine 'true'" in err and os.strerror(errno.EAGAIN) in err,
+         "stderr says the process could not be created: %r" % err)
+    t.ok("permission" not in err, "and says nothing of permissions: %r" % err)
+    with open(log) as f:
+        term = f.read()
+    t.ok(os.strerror(errno.EAGAIN) in term, "the termination log says it too: %r" % term)
 
 
 def t_no_command(t):
@@ -361,6 +394,7 @@ lt.main([
      t_signal_names),
     ("COMMAND not found: 127, named on stderr", t_not_found),
     ("COMMAND not executable: 126, named on stderr", t_not_executable),
+    ("no process for COMMAND: 1, and says what failed", t_process_not_created),
     ("no COMMAND is a usage error: 2 and one line", t_no_command),
     ("the termination log gets one line on a failed exec or a configuration error",
      t_termination_log),
