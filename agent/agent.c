@@ -121,8 +121,8 @@ static void on_upstream(struct lwsi_upstream *u)
 }
 
 /* Polls the engine's health URL, when there is one, after launch: libcurl
- * is loaded only now (issue 2: ~10 ms and ~8 MiB that PID 1 need not pay
- * before the engine starts). */
+ * is loaded only now, since loading it costs ~10 ms and ~8 MiB that PID 1
+ * need not pay before the engine starts. */
 static void start_upstream(struct lwsi_agent *a, char *const *argv)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -276,7 +276,8 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
                     (unsigned long long)sup->drain_ms, (unsigned long long)sup->grace_ms);
       set_phase(a, LWSI_PHASE_STOPPING);
       /* The group learns at once, so that the other members stop their
-       * engines now instead of after --peer-timeout (issue 4). */
+       * engines now instead of after --peer-timeout: a stop is one event
+       * for the whole group, not a member going silent. */
       leave_group(a, why);
     }
     lwsi_supervisor_stop(sup, arg, true);
@@ -318,7 +319,8 @@ static void check_failed(struct lwsi_agent *a, const char *why)
 }
 
 /* Launches once the group's verdict is in and this node's check process is
- * gone, its GPU memory with it (issue 5). */
+ * gone, its GPU memory with it: an engine started beside a check that still
+ * holds memory on the same GPUs could fail to allocate its own. */
 static void check_maybe_launch(struct lwsi_agent *a)
 {
   if (a->done || a->sup.child != 0 || !a->gpu_verdict_ok || !a->gpu_gone)

@@ -5,9 +5,9 @@ search list (bind-mounted over /etc/resolv.conf in the worker's own mount
 namespace, as a pod has it), the engine a stand-in that records its argv
 and the signals it gets.
 
-Covers issue 3 (formation, DNS, refusals, launch with the right rank) and
-the group-health parts of issue 4 that need no network namespace (loss by
-kill, stop and bye; readiness; coordinated stop).
+Covers the group's formation (DNS, refusals, launch with the right rank)
+and the parts of its health that need no network namespace (loss by kill,
+stop and bye; readiness; coordinated stop).
 """
 import json
 import os
