@@ -9,8 +9,10 @@
 #include "lwsinit/health.h"
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
+#include "lwsinit/metrics.h"
 #include "lwsinit/status.h"
 #include "lwsinit/termlog.h"
+#include "lwsinit/text.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -41,6 +43,17 @@ static void set_phase(struct lwsi_agent *a, enum lwsi_phase p)
 static bool is_leader(const struct lwsi_agent *a)
 {
   return !a->cfg->standalone && a->cfg->rank == 0;
+}
+
+/* The engine's state, in the one vocabulary that the status document and
+ * the heartbeats share (lwsi_status_child_name). */
+static enum lwsi_status_child child_state(const struct lwsi_agent *a)
+{
+  if (a->sup.child_running)
+    return LWSI_STATUS_CHILD_RUNNING;
+  if (a->sup.child > 0)
+    return LWSI_STATUS_CHILD_EXITED;
+  return LWSI_STATUS_CHILD_NOT_STARTED;
 }
 
 /* Every failure is one line on stderr and, where there is one, in the
@@ -109,8 +122,8 @@ static void on_upstream(struct lwsi_upstream *u)
 }
 
 /* Polls the engine's health URL, when there is one, after launch: libcurl
- * is loaded only now (issue 2: ~10 ms and ~8 MiB that PID 1 need not pay
- * before the engine starts). */
+ * is loaded only now, since loading it costs ~10 ms and ~8 MiB that PID 1
+ * need not pay before the engine starts. */
 static void start_upstream(struct lwsi_agent *a, char *const *argv)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -134,6 +147,43 @@ static void start_upstream(struct lwsi_agent *a, char *const *argv)
                   (unsigned long long)cfg->upstream_interval_ms);
 }
 
+void lwsi_agent_cmdline_error(char *buf, size_t len, int err, const char *bad)
+{
+  if (err == -ENOENT && bad != NULL && bad[0] != '\0')
+    lwsi_text_printf(buf, len, "cannot prepare the engine's command line: unknown placeholder {%s}",
+                     bad);
+  else if (err == -ENODATA && bad != NULL && bad[0] != '\0')
+    lwsi_text_printf(buf, len,
+                     "cannot prepare the engine's command line: the placeholder {%s} has no value "
+                     "here", bad);
+  else
+    lwsi_text_printf(buf, len, "cannot prepare the engine's command line: %s", strerror(-err));
+}
+
+int lwsi_agent_spawn_error(char *buf, size_t len, const char *prog, int err, bool exec_failed)
+{
+  if (!exec_failed) {
+    /* The launcher fails before exec only when it cannot make the process:
+     * pipe2(2) (descriptors) or vfork(2) (EAGAIN at RLIMIT_NPROC, ENOMEM).
+     * The file was never looked at. */
+    lwsi_text_printf(buf, len,
+                     "cannot start the engine '%s': no process could be created for it "
+                     "(pipe2 or vfork): %s (exit 1)",
+                     prog, strerror(-err));
+    return 1;
+  }
+  int code = lwsi_launcher_exec_code(-err);
+  /* execve(2): EACCES is the file's (or a folder's) permission; ENOENT and
+   * ENOTDIR a name not found; the rest (ENOEXEC, ETXTBSY, E2BIG, ...) name
+   * their cause in the error's own words. */
+  const char *hint = code == 127         ? "; check COMMAND and the PATH"
+                     : err == -EACCES    ? "; check COMMAND and the file's execute permission"
+                                         : "; check COMMAND";
+  lwsi_text_printf(buf, len, "cannot run the engine '%s': %s (exit %d)%s", prog, strerror(-err),
+                   code, hint);
+  return code;
+}
+
 static void launch(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -141,14 +191,20 @@ static void launch(struct lwsi_agent *a)
     .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
   };
   char **argv = NULL, **env = NULL;
-  char bad[64];
+  char bad[64] = "";
   set_phase(a, LWSI_PHASE_RUNNING);
   int rc = lwsi_cmdline_build(cfg, &vals, &argv, bad, sizeof(bad));
-  if (rc == 0)
-    rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
   if (rc < 0) {
     char why[256];
-    snprintf(why, sizeof(why), "cannot prepare the engine's command line: %s", strerror(-rc));
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, bad);
+    lwsi_expand_free(argv);
+    finish(a, 1, why);
+    return;
+  }
+  rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
+  if (rc < 0) {
+    char why[256];
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
     lwsi_expand_free(argv);
     finish(a, 1, why);
     return;
@@ -160,10 +216,8 @@ static void launch(struct lwsi_agent *a)
     start_upstream(a, argv);
   } else {
     char why[1024];
-    int code = a->sup.child > 0 ? lwsi_launcher_exec_code(-rc) : 1;
-    snprintf(why, sizeof(why), "cannot run the engine '%s': %s (exit %d); check COMMAND and %s",
-             argv[0], strerror(-rc), code,
-             code == 127 ? "the PATH" : "the file's execute permission");
+    /* A pid means a process was created and its exec failed. */
+    int code = lwsi_agent_spawn_error(why, sizeof(why), argv[0], rc, a->sup.child > 0);
     leave_group(a, "the engine could not be started");
     finish(a, code, why);
   }
@@ -174,10 +228,10 @@ static void launch(struct lwsi_agent *a)
 static void on_child_exited(struct lwsi_agent *a, int status)
 {
   int code = lwsi_supervisor_exit_code(status);
-  char what[128];
+  char what[128], sig[LWSI_LOG_SIGNAL_NAME_MAX];
   if (WIFSIGNALED(status))
-    snprintf(what, sizeof(what), "the engine (pid %d) was killed by SIG%s (%d)", (int)a->sup.child,
-             sigabbrev_np(WTERMSIG(status)), code);
+    snprintf(what, sizeof(what), "the engine (pid %d) was killed by %s (%d)", (int)a->sup.child,
+             lwsi_log_signal_name(WTERMSIG(status), sig, sizeof(sig)), code);
   else
     snprintf(what, sizeof(what), "the engine (pid %d) exited with status %d", (int)a->sup.child,
              code);
@@ -204,10 +258,11 @@ static void on_child_exited(struct lwsi_agent *a, int status)
 static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, int arg)
 {
   struct lwsi_agent *a = sup->data;
+  char sig[LWSI_LOG_SIGNAL_NAME_MAX];
   switch (ev) {
   case LWSI_SUP_STOP_SIGNAL: {
-    char why[64];
-    snprintf(why, sizeof(why), "SIG%s", sigabbrev_np(arg));
+    char why[LWSI_LOG_SIGNAL_NAME_MAX];
+    lwsi_log_signal_name(arg, why, sizeof(why));
     if (sup->child == 0) {
       /* Before launch there is nothing to drain: end as the signal would
        * have ended us (contract: a SIGTERM before launch exits 143). */
@@ -222,17 +277,20 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
                     (unsigned long long)sup->drain_ms, (unsigned long long)sup->grace_ms);
       set_phase(a, LWSI_PHASE_STOPPING);
       /* The group learns at once, so that the other members stop their
-       * engines now instead of after --peer-timeout (issue 4). */
+       * engines now instead of after --peer-timeout: a stop is one event
+       * for the whole group, not a member going silent. */
       leave_group(a, why);
     }
     lwsi_supervisor_stop(sup, arg, true);
     return;
   }
   case LWSI_SUP_FORWARDED:
-    lwsi_log_debug("forwarded SIG%s to process group %d", sigabbrev_np(arg), (int)sup->child);
+    lwsi_log_debug("forwarded %s to process group %d", lwsi_log_signal_name(arg, sig, sizeof(sig)),
+                   (int)sup->child);
     return;
   case LWSI_SUP_DROPPED:
-    lwsi_log_debug("SIG%s not forwarded: no engine is running", sigabbrev_np(arg));
+    lwsi_log_debug("%s not forwarded: no engine is running",
+                   lwsi_log_signal_name(arg, sig, sizeof(sig)));
     return;
   case LWSI_SUP_KILLED:
     lwsi_log_warn("the engine did not stop within the grace period (%llu ms); sent SIGKILL "
@@ -262,7 +320,8 @@ static void check_failed(struct lwsi_agent *a, const char *why)
 }
 
 /* Launches once the group's verdict is in and this node's check process is
- * gone, its GPU memory with it (issue 5). */
+ * gone, its GPU memory with it: an engine started beside a check that still
+ * holds memory on the same GPUs could fail to allocate its own. */
 static void check_maybe_launch(struct lwsi_agent *a)
 {
   if (a->done || a->sup.child != 0 || !a->gpu_verdict_ok || !a->gpu_gone)
@@ -601,8 +660,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
 static void on_rdzv_local(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out)
 {
   struct lwsi_agent *a = r->data;
-  const char *state = a->sup.child_running ? "running" : (a->sup.child > 0 ? "exited" : "none");
-  snprintf(out->child, sizeof(out->child), "%s", state);
+  lwsi_text_copy(out->child, sizeof(out->child), lwsi_status_child_name(child_state(a)));
   out->upstream = a->upstream_on && a->upstream.ok;
 }
 
@@ -642,7 +700,7 @@ static void start_rdzv(struct lwsi_agent *a)
   err = lwsi_rdzv_start(&a->rdzv, &a->loop, &rc, on_rdzv, on_rdzv_local);
   if (err < 0) {
     snprintf(why, sizeof(why), "cannot %s the rendezvous on port %u (--rdzv-port): %s",
-             cfg->rank == 0 ? "listen for" : "start", cfg->rdzv_port, uv_strerror(err));
+             cfg->rank == 0 ? "listen for" : "start", cfg->rdzv_port, strerror(-err));
     finish(a, LWSI_EXIT_RDZV, why);
     return;
   }
@@ -825,9 +883,133 @@ bool lwsi_agent_ready(struct lwsi_agent *a)
   return lwsi_health_passed(&l);
 }
 
+static enum lwsi_status_gpu gpu_state(const struct lwsi_agent *a)
+{
+  if (a->gpu.have_result)
+    return a->gpu.ok ? LWSI_STATUS_GPU_PASSED : LWSI_STATUS_GPU_FAILED;
+  if (a->gpu_on)
+    return a->gpu_gone ? LWSI_STATUS_GPU_FAILED : LWSI_STATUS_GPU_RUNNING;
+  return LWSI_STATUS_GPU_NOT_STARTED;
+}
+
+_Static_assert(LWSI_PHASE_COUNT <= LWSI_STATUS_MAX_PHASES, "a phase the snapshot cannot hold");
+_Static_assert(LWSI_UPSTREAM_OUTCOME_COUNT - 1 <= LWSI_STATUS_MAX_OUTCOMES,
+               "an upstream outcome the snapshot cannot hold");
+
+/* Fills the snapshot that status.c renders. members has room for a row per
+ * rank when there is a group (status_rows). The member rows and the count
+ * of live members both come from the rendezvous, once each. */
+static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s,
+                            struct lwsi_status_member *members)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  uint64_t now = uv_now(&a->loop);
+  memset(s, 0, sizeof(*s));
+  s->rank = cfg->rank;
+  s->size = cfg->size;
+  s->standalone = cfg->standalone;
+  s->ready = lwsi_agent_ready(a);
+  s->leader = cfg->leader;
+  s->leader_ip = a->leader_ip;
+  for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
+    s->phases[p].name = phase_names[p];
+    s->phases[p].ms = a->phase_ms[p] + (p == (int)a->phase ? now - a->phase_since_ms : 0);
+  }
+  s->nphases = LWSI_PHASE_COUNT;
+  s->phase = a->phase;
+  s->total_ms = now - a->started_ms;
+
+  s->child.state = child_state(a);
+  s->child.pid = (int)a->sup.child;
+  s->child.exit_code = lwsi_supervisor_exit_code(a->sup.child_status);
+  s->child.orphans_reaped = a->sup.reaped_others;
+
+  const struct lwsi_upstream *u = &a->upstream;
+  s->upstream.enabled = a->upstream_on;
+  s->upstream.url = a->upstream_url;
+  s->upstream.known = u->known;
+  s->upstream.ok = u->ok;
+  s->upstream.outcome = lwsi_upstream_outcome_name(u->outcome);
+  s->upstream.http_status = u->http_status;
+  s->upstream.latency_s = u->last_latency_s;
+  s->upstream.polls = u->polls;
+  s->upstream.failures = u->failures;
+  s->upstream.error = a->upstream_err[0] ? a->upstream_err : u->last_error;
+  for (int o = LWSI_UPSTREAM_OK; o < LWSI_UPSTREAM_OUTCOME_COUNT; o++) {
+    struct lwsi_status_outcome *out = &s->upstream.by_outcome[s->upstream.noutcomes++];
+    out->name = lwsi_upstream_outcome_name((enum lwsi_upstream_outcome)o);
+    out->polls = u->by_outcome[o];
+  }
+
+  s->has_group = a->rdzv_on;
+  s->joined = 1;
+  s->alive = 1;
+  s->group.rendezvous = lwsi_rdzv_state_name(a->rdzv.state);
+  s->group.incarnation = a->rdzv.nonce_hex;
+  s->group.missing = a->rdzv_on ? lwsi_rdzv_missing(&a->rdzv) : "";
+  s->group.broken = a->group_broken;
+  s->peer_losses = a->peer_losses;
+  s->released_at = a->released_at;
+  if (a->rdzv_on) {
+    s->joined = lwsi_rdzv_joined(&a->rdzv);
+    s->alive = members_alive(a);
+  }
+  if (a->rdzv_on && members != NULL) {
+    for (uint32_t i = 0; i < cfg->size; i++) {
+      struct lwsi_rdzv_member m;
+      if (lwsi_rdzv_member(&a->rdzv, i, &m) < 0)
+        continue;
+      struct lwsi_status_member *row = &members[s->nmembers++];
+      row->rank = m.rank;
+      lwsi_text_copy(row->addr, sizeof(row->addr), m.addr);
+      lwsi_text_copy(row->pod, sizeof(row->pod), m.pod);
+      row->joined = m.joined;
+      row->alive = m.alive;
+      row->hb_age_ms = m.hb_age_ms;
+      row->rtt_us = m.rtt_us;
+      row->has_state = m.has_state;
+      lwsi_text_copy(row->child, sizeof(row->child), m.child);
+      row->upstream = m.upstream;
+    }
+    s->members = members;
+  }
+
+  s->has_gpu_check = cfg->gpu_check != LWSI_GPU_CHECK_NONE;
+  s->gpu.mode = lwsi_config_gpu_check_name(cfg->gpu_check);
+  s->gpu.state = gpu_state(a);
+  s->gpu.group_passed = a->gpu_verdict_ok;
+  s->gpu.have_result = a->gpu.have_result;
+  s->gpu.devices = a->gpu.ndevices;
+  s->gpu.model = a->gpu.model;
+  s->gpu.time_ms = a->gpu.time_ms;
+  s->gpu.busbw_gbps = a->gpu.busbw_gbps;
+  s->gpu.error = a->gpu.error;
+  s->last_error = a->last_error;
+}
+
+/* Room for the snapshot's member rows, one per rank; NULL without a group
+ * (and on allocation failure, which the callers tell apart by rdzv_on). */
+static struct lwsi_status_member *status_rows(struct lwsi_agent *a)
+{
+  return a->rdzv_on ? calloc(a->cfg->size, sizeof(struct lwsi_status_member)) : NULL;
+}
+
+static char *render_status(void *data)
+{
+  struct lwsi_agent *a = data;
+  struct lwsi_status_snapshot s;
+  struct lwsi_status_member *rows = status_rows(a);
+  if (a->rdzv_on && rows == NULL)
+    return NULL;
+  status_snapshot(a, &s, rows);
+  char *doc = lwsi_status_render(&s);
+  free(rows);
+  return doc;
+}
+
 static int probe_status(void *data, struct lwsi_http_buf *out)
 {
-  char *doc = lwsi_status_render(data);
+  char *doc = render_status(data);
   if (doc == NULL)
     return -ENOMEM;
   lwsi_http_buf_puts(out, doc);
@@ -835,10 +1017,16 @@ static int probe_status(void *data, struct lwsi_http_buf *out)
   return out->err;
 }
 
-static int probe_metrics(void *data, struct lwsi_http_buf *out)
+static int probe_metrics(void *data, struct lwsi_metrics_buf *out)
 {
   struct lwsi_agent *a = data;
-  int rc = lwsi_status_metrics(a, out);
+  struct lwsi_status_snapshot s;
+  struct lwsi_status_member *rows = status_rows(a);
+  if (a->rdzv_on && rows == NULL)
+    return -ENOMEM;
+  status_snapshot(a, &s, rows);
+  int rc = lwsi_status_metrics(&s, out);
+  free(rows);
   if (rc == 0)
     rc = lwsi_http_metrics(&a->http, out);
   return rc;
@@ -871,16 +1059,15 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
     finish(a, 1, why);
     return;
   }
-  rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, lwsi_status_render,
-                              a);
+  rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, render_status, a);
   if (rc < 0) {
     /* People lose a view, the group loses nothing: keep going. */
-    lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, uv_strerror(rc));
+    lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, strerror(-rc));
   }
   rc = start_probes(a);
   if (rc < 0) {
     snprintf(why, sizeof(why), "cannot serve probes on %s:%u (--probe-addr): %s",
-             cfg->probe_addr.host, cfg->probe_addr.port, uv_strerror(rc));
+             cfg->probe_addr.host, cfg->probe_addr.port, strerror(-rc));
     finish(a, 1, why);
     return;
   }
@@ -909,7 +1096,7 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   a->exit_code = 1;
   int rc = uv_loop_init(&a->loop);
   if (rc < 0) {
-    lwsi_log_error("cannot start the event loop: %s", uv_strerror(rc));
+    lwsi_log_error("cannot start the event loop: %s", strerror(-rc));
     return 1;
   }
   a->started_ms = uv_now(&a->loop);

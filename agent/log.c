@@ -2,7 +2,10 @@
  * and from the engine (which shares stderr) never interleave mid-line. */
 #include "lwsinit/log.h"
 
+#include "lwsinit/text.h"
+
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -25,6 +28,28 @@ void lwsi_log_setup(enum lwsi_log_format format, enum lwsi_log_level level, int 
 }
 
 void lwsi_log_set_rank(int rank) { g_log.rank = rank; }
+
+const char *lwsi_log_signal_name(int sig, char *buf, size_t len)
+{
+  const char *abbrev = sig > 0 ? sigabbrev_np(sig) : NULL;
+  if (abbrev != NULL) {
+    lwsi_text_printf(buf, len, "SIG%s", abbrev);
+  } else if (sig >= SIGRTMIN && sig <= SIGRTMAX) {
+    /* Counted from the nearer end, as bash's kill -l lists them. */
+    int up = sig - SIGRTMIN, down = SIGRTMAX - sig;
+    if (up == 0)
+      lwsi_text_printf(buf, len, "SIGRTMIN");
+    else if (down == 0)
+      lwsi_text_printf(buf, len, "SIGRTMAX");
+    else if (up <= down)
+      lwsi_text_printf(buf, len, "SIGRTMIN+%d", up);
+    else
+      lwsi_text_printf(buf, len, "SIGRTMAX-%d", down);
+  } else {
+    lwsi_text_printf(buf, len, "signal %d", sig);
+  }
+  return buf;
+}
 
 /* Appends s to buf as the inside of a JSON string. */
 static size_t json_escape(char *buf, size_t cap, size_t o, const char *s)

@@ -1,6 +1,7 @@
+/* Owns the status document, its summary for a person and the agent's
+ * metrics (include/lwsinit/status.h), all rendered from a snapshot. */
 #include "lwsinit/status.h"
 
-#include "lwsinit/agent.h"
 #include "lwsinit/metrics.h"
 
 #include <errno.h>
@@ -12,184 +13,188 @@
 
 static double ms_to_s(uint64_t ms) { return (double)ms / 1000.0; }
 
-static void add_upstream(struct lwsi_agent *a, cJSON *doc)
+const char *lwsi_status_child_name(enum lwsi_status_child state)
 {
-  if (!a->upstream_on) {
+  switch (state) {
+  case LWSI_STATUS_CHILD_RUNNING:
+    return "running";
+  case LWSI_STATUS_CHILD_EXITED:
+    return "exited";
+  case LWSI_STATUS_CHILD_NOT_STARTED:
+    break;
+  }
+  return "not-started";
+}
+
+const char *lwsi_status_gpu_name(enum lwsi_status_gpu state)
+{
+  switch (state) {
+  case LWSI_STATUS_GPU_RUNNING:
+    return "running";
+  case LWSI_STATUS_GPU_PASSED:
+    return "passed";
+  case LWSI_STATUS_GPU_FAILED:
+    return "failed";
+  case LWSI_STATUS_GPU_NOT_STARTED:
+    break;
+  }
+  return "not-started";
+}
+
+static const char *role_of(const struct lwsi_status_snapshot *s)
+{
+  return s->standalone ? "standalone" : (s->rank == 0 ? "leader" : "worker");
+}
+
+static void add_upstream(const struct lwsi_status_snapshot *s, cJSON *doc)
+{
+  if (!s->upstream.enabled) {
     cJSON_AddNullToObject(doc, "upstream");
     return;
   }
-  const struct lwsi_upstream *u = &a->upstream;
   cJSON *up = cJSON_AddObjectToObject(doc, "upstream");
   if (up == NULL)
     return;
   cJSON_AddBoolToObject(up, "enabled", 1);
-  cJSON_AddStringToObject(up, "url", a->upstream_url);
-  if (u->known)
-    cJSON_AddBoolToObject(up, "ok", u->ok);
+  cJSON_AddStringToObject(up, "url", s->upstream.url);
+  if (s->upstream.known)
+    cJSON_AddBoolToObject(up, "ok", s->upstream.ok);
   else
     cJSON_AddNullToObject(up, "ok");
-  cJSON_AddStringToObject(up, "outcome", lwsi_upstream_outcome_name(u->outcome));
-  cJSON_AddNumberToObject(up, "http_status", (double)u->http_status);
-  cJSON_AddNumberToObject(up, "latency_s", u->last_latency_s);
-  cJSON_AddNumberToObject(up, "polls", (double)u->polls);
-  cJSON_AddNumberToObject(up, "failures", (double)u->failures);
-  const char *err = a->upstream_err[0] ? a->upstream_err : u->last_error;
-  if (err[0] != '\0')
-    cJSON_AddStringToObject(up, "error", err);
+  cJSON_AddStringToObject(up, "outcome", s->upstream.outcome);
+  cJSON_AddNumberToObject(up, "http_status", (double)s->upstream.http_status);
+  cJSON_AddNumberToObject(up, "latency_s", s->upstream.latency_s);
+  cJSON_AddNumberToObject(up, "polls", (double)s->upstream.polls);
+  cJSON_AddNumberToObject(up, "failures", (double)s->upstream.failures);
+  if (s->upstream.error[0] != '\0')
+    cJSON_AddStringToObject(up, "error", s->upstream.error);
   else
     cJSON_AddNullToObject(up, "error");
 }
 
-static const char *child_state(const struct lwsi_agent *a);
-
-static void add_members(struct lwsi_agent *a, cJSON *doc)
+/* The leader's view of every member, itself included. */
+static void add_members(const struct lwsi_status_snapshot *s, cJSON *doc)
 {
-  if (!a->rdzv_on)
-    return;
   cJSON *arr = cJSON_AddArrayToObject(doc, "members");
   if (arr == NULL)
     return;
-  for (uint32_t i = 0; i < a->cfg->size; i++) {
-    struct lwsi_rdzv_member m;
-    if (lwsi_rdzv_member(&a->rdzv, i, &m) < 0)
-      continue;
+  for (size_t i = 0; i < s->nmembers; i++) {
+    const struct lwsi_status_member *m = &s->members[i];
     cJSON *o = cJSON_CreateObject();
     if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
       cJSON_Delete(o);
       return;
     }
-    cJSON_AddNumberToObject(o, "rank", m.rank);
-    cJSON_AddStringToObject(o, "address", m.addr);
-    cJSON_AddStringToObject(o, "pod", m.pod);
-    cJSON_AddBoolToObject(o, "joined", m.joined);
-    cJSON_AddBoolToObject(o, "alive", m.alive);
-    if (m.hb_age_ms >= 0)
-      cJSON_AddNumberToObject(o, "heartbeat_age_s", (double)m.hb_age_ms / 1000.0);
+    cJSON_AddNumberToObject(o, "rank", m->rank);
+    cJSON_AddStringToObject(o, "address", m->addr);
+    cJSON_AddStringToObject(o, "pod", m->pod);
+    cJSON_AddBoolToObject(o, "joined", m->joined);
+    cJSON_AddBoolToObject(o, "alive", m->alive);
+    if (m->hb_age_ms >= 0)
+      cJSON_AddNumberToObject(o, "heartbeat_age_s", (double)m->hb_age_ms / 1000.0);
     else
       cJSON_AddNullToObject(o, "heartbeat_age_s");
-    if (m.rtt_us >= 0)
-      cJSON_AddNumberToObject(o, "rtt_s", (double)m.rtt_us / 1e6);
+    if (m->rtt_us >= 0)
+      cJSON_AddNumberToObject(o, "rtt_s", (double)m->rtt_us / 1e6);
     else
       cJSON_AddNullToObject(o, "rtt_s");
-    if (m.has_state) {
-      cJSON_AddStringToObject(o, "child", m.child);
-      cJSON_AddBoolToObject(o, "upstream", m.upstream);
-    } else if (m.rank == a->cfg->rank) {
+    if (m->has_state) {
+      cJSON_AddStringToObject(o, "child", m->child);
+      cJSON_AddBoolToObject(o, "upstream", m->upstream);
+    } else if (m->rank == s->rank) {
       /* Our own row: the state we would put in a heartbeat. */
-      cJSON_AddStringToObject(o, "child", child_state(a));
+      cJSON_AddStringToObject(o, "child", lwsi_status_child_name(s->child.state));
     }
   }
 }
 
-static const char *child_state(const struct lwsi_agent *a)
+/* The GPU check: this node's result and, for the group, the verdict, which
+ * the leader gathers from every node before any engine starts. */
+static void add_gpu_check(const struct lwsi_status_snapshot *s, cJSON *doc)
 {
-  if (a->sup.child_running)
-    return "running";
-  if (a->sup.child > 0)
-    return "exited";
-  return "not-started";
-}
-
-/* The GPU check (issue 5): this node's result and, for the group, the
- * verdict. "state": not-started, running, passed, failed. */
-static void add_gpu_check(struct lwsi_agent *a, cJSON *doc)
-{
-  const struct lwsi_config *cfg = a->cfg;
-  if (cfg->gpu_check == LWSI_GPU_CHECK_NONE)
+  if (!s->has_gpu_check)
     return;
   cJSON *g = cJSON_AddObjectToObject(doc, "gpu_check");
   if (g == NULL)
     return;
-  const struct lwsi_gpurun *r = &a->gpu;
-  const char *state = "not-started";
-  if (r->have_result)
-    state = r->ok ? "passed" : "failed";
-  else if (a->gpu_on && !a->gpu_gone)
-    state = "running";
-  else if (a->gpu_on)
-    state = "failed";
-  cJSON_AddStringToObject(g, "mode", lwsi_config_gpu_check_name(cfg->gpu_check));
-  cJSON_AddStringToObject(g, "state", state);
-  cJSON_AddBoolToObject(g, "group_passed", a->gpu_verdict_ok);
-  if (r->have_result) {
-    cJSON_AddNumberToObject(g, "devices", r->ndevices);
-    cJSON_AddStringToObject(g, "model", r->model);
-    cJSON_AddNumberToObject(g, "time_s", r->time_ms / 1000.0);
-    if (r->busbw_gbps >= 0)
-      cJSON_AddNumberToObject(g, "busbw_gbps", r->busbw_gbps);
+  cJSON_AddStringToObject(g, "mode", s->gpu.mode);
+  cJSON_AddStringToObject(g, "state", lwsi_status_gpu_name(s->gpu.state));
+  cJSON_AddBoolToObject(g, "group_passed", s->gpu.group_passed);
+  if (s->gpu.have_result) {
+    cJSON_AddNumberToObject(g, "devices", s->gpu.devices);
+    cJSON_AddStringToObject(g, "model", s->gpu.model);
+    cJSON_AddNumberToObject(g, "time_s", s->gpu.time_ms / 1000.0);
+    if (s->gpu.busbw_gbps >= 0)
+      cJSON_AddNumberToObject(g, "busbw_gbps", s->gpu.busbw_gbps);
     else
       cJSON_AddNullToObject(g, "busbw_gbps");
   }
-  if (r->error[0] != '\0')
-    cJSON_AddStringToObject(g, "error", r->error);
+  if (s->gpu.error[0] != '\0')
+    cJSON_AddStringToObject(g, "error", s->gpu.error);
 }
 
-cJSON *lwsi_status_doc(struct lwsi_agent *a)
+cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
 {
-  const struct lwsi_config *cfg = a->cfg;
-  uint64_t now = uv_now(&a->loop);
   cJSON *doc = cJSON_CreateObject();
   if (doc == NULL)
     return NULL;
   cJSON_AddStringToObject(doc, "version", LWSI_VERSION);
-  cJSON_AddNumberToObject(doc, "rank", cfg->rank);
-  cJSON_AddNumberToObject(doc, "size", cfg->size);
-  cJSON_AddStringToObject(doc, "role",
-                          cfg->standalone ? "standalone" : (cfg->rank == 0 ? "leader" : "worker"));
-  cJSON_AddStringToObject(doc, "phase", lwsi_agent_phase_name(a->phase));
-  cJSON_AddBoolToObject(doc, "ready", lwsi_agent_ready(a));
+  cJSON_AddNumberToObject(doc, "rank", s->rank);
+  cJSON_AddNumberToObject(doc, "size", s->size);
+  cJSON_AddStringToObject(doc, "role", role_of(s));
+  cJSON_AddStringToObject(doc, "phase", s->phase < s->nphases ? s->phases[s->phase].name : "");
+  cJSON_AddBoolToObject(doc, "ready", s->ready);
   cJSON *leader = cJSON_AddObjectToObject(doc, "leader");
   if (leader != NULL) {
-    cJSON_AddStringToObject(leader, "address", cfg->leader);
-    cJSON_AddStringToObject(leader, "ip", a->leader_ip);
+    cJSON_AddStringToObject(leader, "address", s->leader);
+    cJSON_AddStringToObject(leader, "ip", s->leader_ip);
   }
   cJSON *child = cJSON_AddObjectToObject(doc, "child");
   if (child != NULL) {
-    cJSON_AddStringToObject(child, "state", child_state(a));
-    if (a->sup.child > 0)
-      cJSON_AddNumberToObject(child, "pid", a->sup.child);
+    cJSON_AddStringToObject(child, "state", lwsi_status_child_name(s->child.state));
+    if (s->child.pid > 0)
+      cJSON_AddNumberToObject(child, "pid", s->child.pid);
     else
       cJSON_AddNullToObject(child, "pid");
-    if (a->sup.child > 0 && !a->sup.child_running)
-      cJSON_AddNumberToObject(child, "exit_code", lwsi_supervisor_exit_code(a->sup.child_status));
-    cJSON_AddNumberToObject(child, "orphans_reaped", (double)a->sup.reaped_others);
+    if (s->child.state == LWSI_STATUS_CHILD_EXITED)
+      cJSON_AddNumberToObject(child, "exit_code", s->child.exit_code);
+    cJSON_AddNumberToObject(child, "orphans_reaped", (double)s->child.orphans_reaped);
   }
-  add_upstream(a, doc);
+  add_upstream(s, doc);
   cJSON *t = cJSON_AddObjectToObject(doc, "timings");
   if (t != NULL) {
-    for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
-      uint64_t ms = a->phase_ms[p] + (p == (int)a->phase ? now - a->phase_since_ms : 0);
-      char key[32];
-      snprintf(key, sizeof(key), "%s_s", lwsi_agent_phase_name((enum lwsi_phase)p));
-      cJSON_AddNumberToObject(t, key, ms_to_s(ms));
+    for (size_t p = 0; p < s->nphases; p++) {
+      char key[48];
+      snprintf(key, sizeof(key), "%s_s", s->phases[p].name);
+      cJSON_AddNumberToObject(t, key, ms_to_s(s->phases[p].ms));
     }
-    cJSON_AddNumberToObject(t, "total_s", ms_to_s(now - a->started_ms));
+    cJSON_AddNumberToObject(t, "total_s", ms_to_s(s->total_ms));
   }
-  if (a->rdzv_on) {
+  if (s->has_group) {
     cJSON *g = cJSON_AddObjectToObject(doc, "group");
     if (g != NULL) {
-      cJSON_AddStringToObject(g, "rendezvous", lwsi_rdzv_state_name(a->rdzv.state));
-      cJSON_AddStringToObject(g, "incarnation", a->rdzv.nonce_hex);
-      cJSON_AddNumberToObject(g, "joined", lwsi_rdzv_joined(&a->rdzv));
-      cJSON_AddStringToObject(g, "missing", lwsi_rdzv_missing(&a->rdzv));
-      cJSON_AddNumberToObject(g, "peer_losses", (double)a->peer_losses);
-      if (a->group_broken[0])
-        cJSON_AddStringToObject(g, "broken", a->group_broken);
+      cJSON_AddStringToObject(g, "rendezvous", s->group.rendezvous);
+      cJSON_AddStringToObject(g, "incarnation", s->group.incarnation);
+      cJSON_AddNumberToObject(g, "joined", s->joined);
+      cJSON_AddStringToObject(g, "missing", s->group.missing);
+      cJSON_AddNumberToObject(g, "peer_losses", (double)s->peer_losses);
+      if (s->group.broken[0] != '\0')
+        cJSON_AddStringToObject(g, "broken", s->group.broken);
     }
   }
-  add_gpu_check(a, doc);
-  if (a->cfg->rank == 0)
-    add_members(a, doc);
-  if (a->last_error[0] != '\0')
-    cJSON_AddStringToObject(doc, "last_error", a->last_error);
+  add_gpu_check(s, doc);
+  if (s->rank == 0 && s->has_group)
+    add_members(s, doc);
+  if (s->last_error[0] != '\0')
+    cJSON_AddStringToObject(doc, "last_error", s->last_error);
   else
     cJSON_AddNullToObject(doc, "last_error");
   return doc;
 }
 
-char *lwsi_status_render(void *agent)
+char *lwsi_status_render(const struct lwsi_status_snapshot *s)
 {
-  cJSON *doc = lwsi_status_doc(agent);
+  cJSON *doc = lwsi_status_doc(s);
   if (doc == NULL)
     return NULL;
   char *text = cJSON_PrintUnformatted(doc);
@@ -300,114 +305,101 @@ int lwsi_status_print(FILE *out, const char *json)
   return 0;
 }
 
-/* Metrics (issue 4): names follow the Prometheus conventions, with the
- * lwsinit_ prefix, base units and _total for counters. */
-int lwsi_status_metrics(struct lwsi_agent *a, struct lwsi_http_buf *b)
+/* Metrics: names follow the Prometheus conventions (the lwsinit_ prefix,
+ * base units, _total for counters), so that dashboards need no renaming. */
+static void member_metrics(const struct lwsi_status_snapshot *s, struct lwsi_metrics_buf *b)
 {
-  const struct lwsi_config *cfg = a->cfg;
-  uint64_t now = uv_now(&a->loop);
+  bool fam_rtt = false, fam_age = false;
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < s->nmembers; i++) {
+      const struct lwsi_status_member *m = &s->members[i];
+      char r[16];
+      snprintf(r, sizeof(r), "%u", m->rank);
+      const struct lwsi_metrics_label l[] = {{"rank", r}};
+      if (pass == 0 && m->rtt_us >= 0) {
+        if (!fam_rtt)
+          lwsi_metrics_family(b, "lwsinit_heartbeat_rtt_seconds", LWSI_METRICS_GAUGE,
+                              "Round trip of the last heartbeat, by member.");
+        fam_rtt = true;
+        lwsi_metrics_sample(b, "lwsinit_heartbeat_rtt_seconds", l, 1, (double)m->rtt_us / 1e6);
+      } else if (pass == 1 && m->hb_age_ms >= 0) {
+        if (!fam_age)
+          lwsi_metrics_family(b, "lwsinit_heartbeat_age_seconds", LWSI_METRICS_GAUGE,
+                              "Time since the member was last heard from.");
+        fam_age = true;
+        lwsi_metrics_sample(b, "lwsinit_heartbeat_age_seconds", l, 1,
+                            (double)m->hb_age_ms / 1000.0);
+      }
+    }
+  }
+}
+
+int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_metrics_buf *b)
+{
   char rank[16];
-  snprintf(rank, sizeof(rank), "%u", cfg->rank);
-  const char *role = cfg->standalone ? "standalone" : (cfg->rank == 0 ? "leader" : "worker");
+  snprintf(rank, sizeof(rank), "%u", s->rank);
   const struct lwsi_metrics_label info[] = {
-    {"version", LWSI_VERSION}, {"role", role}, {"rank", rank}};
+    {"version", LWSI_VERSION}, {"role", role_of(s)}, {"rank", rank}};
   lwsi_metrics_family(b, "lwsinit_info", LWSI_METRICS_GAUGE, "The agent's version and role.");
   lwsi_metrics_sample(b, "lwsinit_info", info, 3, 1);
 
   lwsi_metrics_family(b, "lwsinit_phase", LWSI_METRICS_GAUGE,
                       "1 for the agent's current phase, 0 for the others.");
-  for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
-    const struct lwsi_metrics_label l[] = {{"phase", lwsi_agent_phase_name((enum lwsi_phase)p)}};
-    lwsi_metrics_sample(b, "lwsinit_phase", l, 1, p == (int)a->phase ? 1 : 0);
+  for (size_t p = 0; p < s->nphases; p++) {
+    const struct lwsi_metrics_label l[] = {{"phase", s->phases[p].name}};
+    lwsi_metrics_sample(b, "lwsinit_phase", l, 1, p == s->phase ? 1 : 0);
   }
   lwsi_metrics_family(b, "lwsinit_phase_duration_seconds", LWSI_METRICS_GAUGE,
                       "Time spent in each phase so far.");
-  for (int p = 0; p < LWSI_PHASE_COUNT; p++) {
-    const struct lwsi_metrics_label l[] = {{"phase", lwsi_agent_phase_name((enum lwsi_phase)p)}};
-    uint64_t ms = a->phase_ms[p] + (p == (int)a->phase ? now - a->phase_since_ms : 0);
-    lwsi_metrics_sample(b, "lwsinit_phase_duration_seconds", l, 1, ms_to_s(ms));
+  for (size_t p = 0; p < s->nphases; p++) {
+    const struct lwsi_metrics_label l[] = {{"phase", s->phases[p].name}};
+    lwsi_metrics_sample(b, "lwsinit_phase_duration_seconds", l, 1, ms_to_s(s->phases[p].ms));
   }
-  lwsi_metrics_gauge(b, "lwsinit_ready", "1 when /readyz answers 200.", lwsi_agent_ready(a));
+  lwsi_metrics_gauge(b, "lwsinit_ready", "1 when /readyz answers 200.", s->ready);
   lwsi_metrics_gauge(b, "lwsinit_group_size", "Members of the group, leader included.",
-                     cfg->size);
-  uint32_t joined = 1, alive = 1;
-  if (a->rdzv_on) {
-    joined = lwsi_rdzv_joined(&a->rdzv);
-    alive = 0;
-    for (uint32_t i = 0; i < cfg->size; i++) {
-      struct lwsi_rdzv_member m;
-      if (lwsi_rdzv_member(&a->rdzv, i, &m) == 0 && m.alive)
-        alive++;
-    }
-  }
+                     s->size);
   lwsi_metrics_gauge(b, "lwsinit_members_joined", "Members that have joined the rendezvous.",
-                     joined);
+                     s->joined);
   lwsi_metrics_gauge(b, "lwsinit_members_alive", "Members heard from within --peer-timeout.",
-                     alive);
+                     s->alive);
   lwsi_metrics_gauge(b, "lwsinit_release_timestamp_seconds",
-                     "When the group was released (Unix time), 0 before.", a->released_at);
+                     "When the group was released (Unix time), 0 before.", s->released_at);
   lwsi_metrics_counter(b, "lwsinit_peer_losses_total", "Members lost after the release.",
-                       a->peer_losses);
+                       s->peer_losses);
   lwsi_metrics_gauge(b, "lwsinit_child_running", "1 while the engine runs.",
-                     a->sup.child_running);
+                     s->child.state == LWSI_STATUS_CHILD_RUNNING);
   lwsi_metrics_counter(b, "lwsinit_orphans_reaped_total",
                        "Processes other than the engine reaped by the agent.",
-                       a->sup.reaped_others);
-  if (cfg->gpu_check != LWSI_GPU_CHECK_NONE && a->gpu.have_result) {
-    const struct lwsi_gpurun *r = &a->gpu;
+                       s->child.orphans_reaped);
+  if (s->has_gpu_check && s->gpu.have_result) {
     lwsi_metrics_gauge(b, "lwsinit_gpu_check_passed",
-                       "1 when this node's GPU check passed, 0 when it failed.", r->ok);
+                       "1 when this node's GPU check passed, 0 when it failed.",
+                       s->gpu.state == LWSI_STATUS_GPU_PASSED);
     lwsi_metrics_gauge(b, "lwsinit_gpu_check_devices", "GPUs the check used on this node.",
-                       r->ndevices);
+                       s->gpu.devices);
     lwsi_metrics_gauge(b, "lwsinit_gpu_check_duration_seconds", "How long the GPU check took.",
-                       r->time_ms / 1000.0);
-    if (r->busbw_gbps >= 0)
+                       s->gpu.time_ms / 1000.0);
+    if (s->gpu.busbw_gbps >= 0)
       lwsi_metrics_gauge(b, "lwsinit_gpu_check_busbw_bytes_per_second",
                          "NCCL all-reduce bus bandwidth measured by the check.",
-                         r->busbw_gbps * 1e9);
+                         s->gpu.busbw_gbps * 1e9);
   }
-  if (a->upstream_on) {
-    const struct lwsi_upstream *u = &a->upstream;
-    if (u->known) {
+  if (s->upstream.enabled) {
+    if (s->upstream.known) {
       lwsi_metrics_gauge(b, "lwsinit_upstream_up", "1 when the engine's health URL answers 2xx.",
-                         u->ok);
+                         s->upstream.ok);
       lwsi_metrics_gauge(b, "lwsinit_upstream_latency_seconds",
-                         "How long the last health poll took.", u->last_latency_s);
+                         "How long the last health poll took.", s->upstream.latency_s);
     }
     lwsi_metrics_family(b, "lwsinit_upstream_polls_total", LWSI_METRICS_COUNTER,
                         "Health polls of the engine, by outcome.");
-    for (int o = LWSI_UPSTREAM_OK; o < LWSI_UPSTREAM_OUTCOME_COUNT; o++) {
-      const struct lwsi_metrics_label l[] = {
-        {"outcome", lwsi_upstream_outcome_name((enum lwsi_upstream_outcome)o)}};
-      lwsi_metrics_sample_u64(b, "lwsinit_upstream_polls_total", l, 1, u->by_outcome[o]);
+    for (size_t o = 0; o < s->upstream.noutcomes; o++) {
+      const struct lwsi_metrics_label l[] = {{"outcome", s->upstream.by_outcome[o].name}};
+      lwsi_metrics_sample_u64(b, "lwsinit_upstream_polls_total", l, 1,
+                              s->upstream.by_outcome[o].polls);
     }
   }
-  if (a->rdzv_on) {
-    bool fam_rtt = false, fam_age = false;
-    for (int pass = 0; pass < 2; pass++) {
-      for (uint32_t i = 0; i < cfg->size; i++) {
-        struct lwsi_rdzv_member m;
-        if (lwsi_rdzv_member(&a->rdzv, i, &m) < 0)
-          continue;
-        char r[16];
-        snprintf(r, sizeof(r), "%u", m.rank);
-        const struct lwsi_metrics_label l[] = {{"rank", r}};
-        if (pass == 0 && m.rtt_us >= 0) {
-          if (!fam_rtt)
-            lwsi_metrics_family(b, "lwsinit_heartbeat_rtt_seconds", LWSI_METRICS_GAUGE,
-                                "Round trip of the last heartbeat, by member.");
-          fam_rtt = true;
-          lwsi_metrics_sample(b, "lwsinit_heartbeat_rtt_seconds", l, 1, (double)m.rtt_us / 1e6);
-        } else if (pass == 1 && m.hb_age_ms >= 0) {
-          if (!fam_age)
-            lwsi_metrics_family(b, "lwsinit_heartbeat_age_seconds", LWSI_METRICS_GAUGE,
-                                "Time since the member was last heard from.");
-          fam_age = true;
-          lwsi_metrics_sample(b, "lwsinit_heartbeat_age_seconds", l, 1,
-                              (double)m.hb_age_ms / 1000.0);
-        }
-      }
-    }
-  }
+  if (s->has_group)
+    member_metrics(s, b);
   return b->err;
 }

@@ -42,7 +42,9 @@ static void conn_written(uv_write_t *req, int status)
   uv_close((uv_handle_t *)&c->pipe, conn_closed);
 }
 
-/* Only the same user, or root, may read the group's state (issue 4). */
+/* Only the same user, or root, may read the group's state: the document
+ * names the group's pods and addresses, which other users of the node have
+ * no need to see. */
 static int peer_allowed(uv_pipe_t *p)
 {
   uv_os_fd_t fd;

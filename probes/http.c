@@ -795,7 +795,7 @@ void lwsi_http_close(struct lwsi_http_server *srv)
   lwsi_http_buf_free(&srv->body);
 }
 
-int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_http_buf *out)
+int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_metrics_buf *out)
 {
   const struct lwsi_http_stats *s = &srv->stats;
   lwsi_metrics_gauge(out, "lwsinit_http_connections", "Open connections to the probe server.",
@@ -963,6 +963,25 @@ static void render_doc(int (*fn)(void *, struct lwsi_http_buf *), void *data,
   }
 }
 
+/* The metrics writer has its own buffer (metrics.h); its text becomes the
+ * body. */
+static void render_metrics(const struct lwsi_http_probes *pr, struct lwsi_http_response *resp)
+{
+  struct lwsi_metrics_buf m = {0};
+  int rc = pr->metrics(pr->data, &m);
+  if (rc == 0)
+    rc = m.err;
+  if (rc == 0 && m.len > 0)
+    rc = lwsi_http_buf_append(resp->body, m.data, m.len);
+  lwsi_metrics_buf_free(&m);
+  if (rc < 0 || resp->body->err < 0) {
+    resp->status = 500;
+    lwsi_http_buf_reset(resp->body);
+    lwsi_http_buf_puts(resp->body, "500 Internal Server Error\n");
+    resp->content_type = LWSI_HTTP_CONTENT_TYPE_TEXT;
+  }
+}
+
 void lwsi_http_route_probes(void *probes, const struct lwsi_http_request *req,
                             struct lwsi_http_response *resp)
 {
@@ -1002,7 +1021,7 @@ void lwsi_http_route_probes(void *probes, const struct lwsi_http_request *req,
     return;
   case R_METRICS:
     resp->content_type = LWSI_HTTP_CONTENT_TYPE_METRICS;
-    render_doc(pr->metrics, pr->data, resp);
+    render_metrics(pr, resp);
     return;
   case R_NONE:
     return;

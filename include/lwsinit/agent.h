@@ -80,6 +80,18 @@ const char *lwsi_agent_phase_name(enum lwsi_phase p);
 /* Whether /readyz would answer 200 now. */
 bool lwsi_agent_ready(struct lwsi_agent *agent);
 
+/* The line that says why the engine's command line could not be made from
+ * lwsi_cmdline_build's (or lwsi_launcher_env's) error err: the placeholder
+ * it names in bad (NULL or "" when none), else the error's text. */
+void lwsi_agent_cmdline_error(char *buf, size_t len, int err, const char *bad);
+
+/* The line that says why the engine prog could not be started, from the
+ * launcher's error err, and the exit code that goes with it (contract,
+ * "Exit status"): exec_failed (a process was created and its exec failed)
+ * gives 127 or 126 and the remedy for that error; otherwise no process
+ * could be created, which gives 1. */
+int lwsi_agent_spawn_error(char *buf, size_t len, const char *prog, int err, bool exec_failed);
+
 /* Runs the agent until it must exit; returns the process exit code. */
 int lwsi_agent_run(struct lwsi_agent *agent, const struct lwsi_config *cfg, char **envp,
                    const sigset_t *orig_mask);

@@ -143,7 +143,8 @@ unsigned lwsi_http_connections(const struct lwsi_http_server *srv);
 void lwsi_http_close(struct lwsi_http_server *srv);
 
 /* Writes the server's stats as Prometheus text (lwsinit_http_*). */
-int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_http_buf *out);
+struct lwsi_metrics_buf;
+int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_metrics_buf *out);
 
 /* Steps through a query string's parameters (name[=value], separated by
  * '&'), decoding %XX and '+'. *pos starts at the query (NULL is an empty
@@ -169,8 +170,9 @@ struct lwsi_http_probes {
   /* Appends the status document (JSON) to out. Returns 0 or a negative
    * errno (answered 500). NULL: /status answers 404. */
   int (*status)(void *data, struct lwsi_http_buf *out);
-  /* Appends Prometheus text to out (see metrics.h). Same conventions. */
-  int (*metrics)(void *data, struct lwsi_http_buf *out);
+  /* Writes Prometheus text to out (see metrics.h), which the route copies
+   * into the answer. Same conventions. */
+  int (*metrics)(void *data, struct lwsi_metrics_buf *out);
   void *data;
 };
 

@@ -1,22 +1,154 @@
 /* The status document (contract, "Status"): one JSON object served by
- * GET /status and the status socket, and its summary for a person. */
+ * GET /status and the status socket, its summary for a person (`lwsinit
+ * status`), and the agent's metrics. Each is rendered from a plain snapshot
+ * of the agent's state (struct lwsi_status_snapshot), which the agent fills
+ * when a request arrives: no I/O, no clock, no agent internals here, so the
+ * rendering is tested from snapshots written by hand. */
 #ifndef LWSINIT_STATUS_H
 #define LWSINIT_STATUS_H
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
-struct lwsi_agent;
+#define LWSI_STATUS_MAX_PHASES 8
+#define LWSI_STATUS_MAX_OUTCOMES 8
 
-/* Builds the document from the agent's state. NULL on allocation failure. */
-cJSON *lwsi_status_doc(struct lwsi_agent *agent);
+/* The engine's state. Its name is the one word the document, the text and
+ * the heartbeats use (lwsi_status_child_name). */
+enum lwsi_status_child {
+  LWSI_STATUS_CHILD_NOT_STARTED,
+  LWSI_STATUS_CHILD_RUNNING,
+  LWSI_STATUS_CHILD_EXITED,
+};
 
-/* The document as compact JSON text with a trailing newline (malloc'd). */
-char *lwsi_status_render(void *agent);
+/* "not-started", "running", "exited". */
+const char *lwsi_status_child_name(enum lwsi_status_child state);
 
-/* Appends the agent's metrics in the Prometheus text format. */
-struct lwsi_http_buf;
-int lwsi_status_metrics(struct lwsi_agent *agent, struct lwsi_http_buf *out);
+/* The GPU check's state on this node. */
+enum lwsi_status_gpu {
+  LWSI_STATUS_GPU_NOT_STARTED,
+  LWSI_STATUS_GPU_RUNNING,
+  LWSI_STATUS_GPU_PASSED,
+  LWSI_STATUS_GPU_FAILED,
+};
+
+/* "not-started", "running", "passed", "failed". */
+const char *lwsi_status_gpu_name(enum lwsi_status_gpu state);
+
+/* One member as the rendezvous reports it (the agent copies each row). */
+struct lwsi_status_member {
+  uint32_t rank;
+  char addr[64]; /* as the leader sees it */
+  char pod[256];
+  bool joined;
+  bool alive;
+  int64_t hb_age_ms; /* since its last frame; -1: not watched here */
+  int64_t rtt_us;    /* -1: not measured yet */
+  bool has_state;    /* child and upstream come from its heartbeat */
+  char child[32];
+  bool upstream;
+};
+
+/* Time spent in one phase so far, the current one included. */
+struct lwsi_status_phase {
+  const char *name;
+  uint64_t ms;
+};
+
+/* Polls of the engine's health URL that ended one way. */
+struct lwsi_status_outcome {
+  const char *name;
+  uint64_t polls;
+};
+
+/* Everything the document, the text and the metrics show. Strings are never
+ * NULL unless noted; they must outlive the rendering call. */
+struct lwsi_status_snapshot {
+  uint32_t rank;
+  uint32_t size;
+  bool standalone; /* a group of one: role "standalone" */
+  bool ready;      /* /readyz would answer 200 */
+  const char *leader;    /* the leader's address, as given */
+  const char *leader_ip; /* "" while unresolved */
+
+  /* Phases, in order; phase is the index of the current one. */
+  struct lwsi_status_phase phases[LWSI_STATUS_MAX_PHASES];
+  size_t nphases;
+  size_t phase;
+  uint64_t total_ms; /* since the agent started */
+
+  struct {
+    enum lwsi_status_child state;
+    int pid;       /* 0 before launch */
+    int exit_code; /* once exited */
+    uint64_t orphans_reaped;
+  } child;
+
+  struct {
+    bool enabled;
+    const char *url;
+    bool known; /* a poll has finished */
+    bool ok;
+    const char *outcome;
+    long http_status;
+    double latency_s;
+    uint64_t polls;
+    uint64_t failures;
+    const char *error; /* "" when none */
+    /* Every outcome but "none", in the order the metrics list them. */
+    struct lwsi_status_outcome by_outcome[LWSI_STATUS_MAX_OUTCOMES];
+    size_t noutcomes;
+  } upstream;
+
+  /* The rendezvous; absent (false) before it starts and when standalone. */
+  bool has_group;
+  struct {
+    const char *rendezvous; /* its state's name */
+    const char *incarnation;
+    const char *missing;
+    const char *broken; /* "" while whole */
+  } group;
+  /* Members joined and alive, this agent included: 1 and 1 without a
+   * group. */
+  uint32_t joined;
+  uint32_t alive;
+  uint64_t peer_losses; /* members lost after the release */
+  double released_at;   /* Unix time of the release, 0 before */
+
+  /* The members the rendezvous reports, by rank (none without a group). */
+  const struct lwsi_status_member *members;
+  size_t nmembers;
+
+  bool has_gpu_check; /* --gpu-check is not none */
+  struct {
+    const char *mode;
+    enum lwsi_status_gpu state;
+    bool group_passed;
+    bool have_result;
+    unsigned devices;
+    const char *model;
+    double time_ms;
+    double busbw_gbps; /* < 0: not measured */
+    const char *error; /* "" when none */
+  } gpu;
+
+  const char *last_error; /* "" when none */
+};
+
+/* Builds the document. NULL on allocation failure. */
+cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s);
+
+/* The document as compact JSON text with a trailing newline (malloc'd), or
+ * NULL on allocation failure. */
+char *lwsi_status_render(const struct lwsi_status_snapshot *s);
+
+/* Writes the agent's metrics in the Prometheus text format. Returns 0 or
+ * the buffer's error. */
+struct lwsi_metrics_buf;
+int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_metrics_buf *out);
 
 /* Prints the summary of a document for a person. Returns 0 or -EINVAL when
  * the text is not a status document. */

@@ -5,9 +5,9 @@ search list (bind-mounted over /etc/resolv.conf in the worker's own mount
 namespace, as a pod has it), the engine a stand-in that records its argv
 and the signals it gets.
 
-Covers issue 3 (formation, DNS, refusals, launch with the right rank) and
-the group-health parts of issue 4 that need no network namespace (loss by
-kill, stop and bye; readiness; coordinated stop).
+Covers the group's formation (DNS, refusals, launch with the right rank)
+and the parts of its health that need no network namespace (loss by kill,
+stop and bye; readiness; coordinated stop).
 """
 import json
 import os
@@ -359,6 +359,35 @@ def t_readiness_and_status(t):
     t.ok("[-]members" in body, "the leader names the members check: " + body)
 
 
+def status_doc(g, rank):
+    """rank's /status document, or None while it does not answer."""
+    code, body = g.get(rank, "/status")
+    return json.loads(body) if code == 200 else None
+
+
+def t_child_word_before_launch(t):
+    """Before the launch a worker's row on the leader (from its heartbeat)
+    and the worker's own child.state say the same word: the status
+    document's, not-started."""
+    g = Group(t, 3, opts=["--heartbeat", "100", "--peer-timeout", "1000"])
+    g.start(0, leader="127.0.0.1")
+    g.start(1, leader="127.0.0.1")
+
+    def row():
+        doc = status_doc(g, 0)
+        if doc is None:
+            return None
+        r = [m for m in doc.get("members", []) if m["rank"] == 1 and "child" in m]
+        return r[0] if r else None
+    r = lt.wait_for(row, 10, "the leader to hear rank 1's heartbeat")
+    own = lt.wait_for(lambda: status_doc(g, 1), 10, "rank 1's /status")
+    t.eq(own["child"]["state"], "not-started", "rank 1's own child.state before launch")
+    t.eq(r["child"], own["child"]["state"], "rank 1's row on the leader")
+    me = [m for m in status_doc(g, 0)["members"] if m["rank"] == 0][0]
+    t.eq(me["child"], "not-started", "the leader's own row")
+    t.ok(not g.engine_started(1), "no engine started: the group is not whole")
+
+
 def t_leader_restarts_before_release(t):
     """A leader killed before the group formed: the waiting worker keeps
     trying and joins the restarted leader (a new incarnation)."""
@@ -423,6 +452,8 @@ if __name__ == "__main__":
       ("a stopped worker is lost after --peer-timeout", t_stop_worker),
       ("--on-peer-loss stay marks the group unready", t_stay_policy),
       ("readiness, status and metrics of a group", t_readiness_and_status),
+      ("a worker's child state before launch is one word on both sides",
+       t_child_word_before_launch),
       ("a leader restarted before release is joined again", t_leader_restarts_before_release),
       ("a leader that moves before release is found at its new IP",
        t_leader_moves_before_release),

@@ -3,7 +3,9 @@
 (contract: "Exit status", "Launching", "The init"). The real lwsinit runs
 testchild as COMMAND, as PID 1 of a new PID namespace where it matters and
 plainly (as child subreaper) where being PID 1 changes nothing."""
+import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -68,6 +70,33 @@ def t_killed_by_signal_pid1(t):
         t.agent_rc(a, 128 + int(sig))
 
 
+def t_signal_names(t):
+    """Every line that names a signal names it, real-time ones too (as
+    kill -l spells them), on stderr and in the termination log."""
+    rtmin1 = int(signal.SIGRTMIN) + 1
+    log = t.path("termination-log")
+    a = t.agent(["bash", "-c", "kill -s RTMIN+1 $$"], ["--termination-log", log],
+                testchild=False)
+    t.agent_rc(a, 128 + rtmin1)
+    want = "killed by SIGRTMIN+1 (%d)" % (128 + rtmin1)
+    t.ok(want in a.stderr(), "stderr says %r: %r" % (want, a.stderr()))
+    with open(log) as f:
+        term = f.read()
+    t.ok(want in term and "(null)" not in term, "the termination log says %r: %r" % (want, term))
+    # A forwarded real-time signal, and the highest one, by name.
+    ev = t.path("events")
+    a = t.agent(["signals", ev], ["--log-level", "debug"])
+    lt.wait_for(lambda: "ready" in open(ev).read() if os.path.exists(ev) else False, 10,
+                "the child to be up")
+    a.kill(int(signal.SIGRTMIN) + 2)
+    a.kill(int(signal.SIGRTMAX))
+    lt.wait_for(lambda: "forwarded SIGRTMAX " in a.stderr(), 10, "the forwarded SIGRTMAX")
+    t.ok("forwarded SIGRTMIN+2 " in a.stderr(), "SIGRTMIN+2 by name: %r" % a.stderr())
+    t.ok("(null)" not in a.stderr(), "no (null) on stderr")
+    a.kill(signal.SIGTERM)
+    t.agent_rc(a, 0)  # testchild exits 0 on SIGTERM
+
+
 def t_not_found(t):
     for pid1 in (False, True):
         name = "no-such-engine-%d" % pid1
@@ -93,6 +122,37 @@ def t_not_executable(t):
     a = t.agent([t.tmp], testchild=False)
     t.agent_rc(a, 126)
     t.ok(t.tmp in a.stderr(), "stderr names the directory")
+
+
+def t_process_not_created(t):
+    """A failure before exec (no process could be created: vfork under
+    RLIMIT_NPROC) says what failed, exits 1, and does not talk about the
+    file's execute permission, which only exec's EACCES is about."""
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if setpriv is None or prlimit is None:
+        raise lt.Skip("setpriv(1) or prlimit(1) is not installed")
+    # RLIMIT_NPROC binds an unprivileged user only (root is exempt): the
+    # agent runs as nobody, limited to the one process it is, so its vfork
+    # fails with EAGAIN (fork(2)). The limit is set after the uid change:
+    # a set*uid over the limit would make the next execve fail (execve(2)).
+    os.chmod(t.tmp, 0o777)
+    log = t.path("termination-log")
+    wrapper = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", prlimit,
+               "--nproc=1"]
+    # LeakSanitizer's check at exit needs a thread of its own, which the
+    # same limit refuses.
+    extra = {"ASAN_OPTIONS": lt.with_option(os.environ.get("ASAN_OPTIONS", ""),
+                                            "detect_leaks=0")}
+    a = t.agent(["true"], ["--termination-log", log], testchild=False, wrapper=wrapper,
+                extra_env=extra)
+    t.agent_rc(a, 1)
+    err = a.stderr()
+    t.ok("cannot start the engine 'true'" in err and os.strerror(errno.EAGAIN) in err,
+         "stderr says the process could not be created: %r" % err)
+    t.ok("permission" not in err, "and says nothing of permissions: %r" % err)
+    with open(log) as f:
+        term = f.read()
+    t.ok(os.strerror(errno.EAGAIN) in term, "the termination log says it too: %r" % term)
 
 
 def t_no_command(t):
@@ -330,8 +390,11 @@ lt.main([
     ("exit statuses pass through as PID 1", t_exit_codes_pid1),
     ("a child killed by signal N gives 128+N", t_killed_by_signal),
     ("a child killed by signal N gives 128+N as PID 1", t_killed_by_signal_pid1),
+    ("signals are named on stderr and in the termination log, real-time ones too",
+     t_signal_names),
     ("COMMAND not found: 127, named on stderr", t_not_found),
     ("COMMAND not executable: 126, named on stderr", t_not_executable),
+    ("no process for COMMAND: 1, and says what failed", t_process_not_created),
     ("no COMMAND is a usage error: 2 and one line", t_no_command),
     ("the termination log gets one line on a failed exec or a configuration error",
      t_termination_log),

@@ -51,7 +51,7 @@ static int status_cb(void *data, struct lwsi_http_buf *out)
   return lwsi_http_buf_puts(out, "{\"rank\":0,\"phase\":\"running\",\"ready\":false}\n");
 }
 
-static int metrics_cb(void *data, struct lwsi_http_buf *out)
+static int metrics_cb(void *data, struct lwsi_metrics_buf *out)
 {
   lwsi_metrics_gauge(out, "lwsinit_ready", "1 when /readyz answers 200.", 0);
   return lwsi_http_metrics(&srv, out);

@@ -11,7 +11,14 @@
  * exactly those bytes (or -ECONNRESET for none). Then lwsi_status_print
  * reads the document, printed to /dev/null: it returns 0 exactly when the
  * text (up to a NUL byte) is a JSON object in cJSON's reading, else
- * -EINVAL, and never crashes. */
+ * -EINVAL, and never crashes.
+ *
+ * The same bytes then fill the strings of a status snapshot (the leader's
+ * address, a member's pod and child word, the errors: anything a peer or
+ * the engine's health URL could put there) and its numbers: the document
+ * rendered from it must be a JSON object that `lwsinit status` prints,
+ * and its metrics must be written without an error. */
+#include "lwsinit/metrics.h"
 #include "lwsinit/status.h"
 #include "lwsinit/status_sock.h"
 
@@ -103,6 +110,87 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   return 0;
 }
 
+/* A number from the input's bytes at i (0 past the end). */
+static uint64_t byte_num(const uint8_t *data, size_t size, size_t i)
+{
+  uint64_t v = 0;
+  for (size_t k = 0; k < 8 && i + k < size; k++)
+    v = (v << 8) | data[i + k];
+  return v;
+}
+
+static void render_from(const char *text, const uint8_t *data, size_t size)
+{
+  static const char *const phases[] = {"resolving", "joining", "checking",
+                                       "running",   "stopping", "failed"};
+  struct lwsi_status_member rows[3];
+  struct lwsi_status_snapshot s;
+  memset(&s, 0, sizeof(s));
+  memset(rows, 0, sizeof(rows));
+  uint64_t n = byte_num(data, size, 0);
+  s.rank = (uint32_t)(n & 1 ? 0 : n % 3);
+  s.size = 3;
+  s.standalone = (n & 2) != 0;
+  s.ready = (n & 4) != 0;
+  s.leader = text;
+  s.leader_ip = text;
+  for (size_t p = 0; p < 6; p++)
+    s.phases[p] = (struct lwsi_status_phase){phases[p], byte_num(data, size, p)};
+  s.nphases = 6;
+  s.phase = (size_t)(n % 6);
+  s.total_ms = byte_num(data, size, 3);
+  s.child.state = (enum lwsi_status_child)(n % 3);
+  s.child.pid = (int)(n % 100000);
+  s.child.exit_code = (int)(n % 256);
+  s.upstream.enabled = (n & 8) != 0;
+  s.upstream.url = text;
+  s.upstream.known = (n & 16) != 0;
+  s.upstream.outcome = text;
+  s.upstream.latency_s = (double)byte_num(data, size, 5) / 1e6;
+  s.upstream.error = text;
+  s.upstream.by_outcome[0] = (struct lwsi_status_outcome){text, n};
+  s.upstream.noutcomes = 1;
+  s.has_group = (n & 32) != 0;
+  s.group.rendezvous = text;
+  s.group.incarnation = text;
+  s.group.missing = text;
+  s.group.broken = text;
+  s.joined = (uint32_t)n;
+  s.alive = (uint32_t)(n >> 8);
+  for (uint32_t r = 0; r < 3; r++) {
+    rows[r].rank = r;
+    snprintf(rows[r].addr, sizeof(rows[r].addr), "%s", text);
+    snprintf(rows[r].pod, sizeof(rows[r].pod), "%s", text);
+    snprintf(rows[r].child, sizeof(rows[r].child), "%s", text);
+    rows[r].has_state = (n >> r) & 1;
+    rows[r].hb_age_ms = (int64_t)(byte_num(data, size, r + 1) >> 1) - 1;
+    rows[r].rtt_us = (int64_t)(byte_num(data, size, r + 2) >> 1) - 1;
+  }
+  s.members = rows;
+  s.nmembers = s.has_group ? 3 : 0;
+  s.has_gpu_check = (n & 64) != 0;
+  s.gpu.mode = text;
+  s.gpu.state = (enum lwsi_status_gpu)(n % 4);
+  s.gpu.have_result = (n & 128) != 0;
+  s.gpu.model = text;
+  s.gpu.busbw_gbps = (double)(int64_t)byte_num(data, size, 6) / 1e3;
+  s.gpu.error = text;
+  s.last_error = text;
+
+  char *out = lwsi_status_render(&s);
+  CHECK(out != NULL);
+  size_t len = strlen(out);
+  CHECK(len > 0 && out[len - 1] == '\n');
+  cJSON *j = cJSON_Parse(out);
+  CHECK(j != NULL && cJSON_IsObject(j));
+  cJSON_Delete(j);
+  CHECK(lwsi_status_print(devnull, out) == 0);
+  free(out);
+  struct lwsi_metrics_buf m = {0};
+  CHECK(lwsi_status_metrics(&s, &m) == 0 && m.err == 0);
+  lwsi_metrics_buf_free(&m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   serve_data = data;
@@ -131,6 +219,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   cJSON *j = cJSON_Parse(doc);
   CHECK((rc == 0) == (j != NULL && cJSON_IsObject(j)));
   cJSON_Delete(j);
+
+  render_from(doc, data, size);
   free(doc);
   return 0;
 }

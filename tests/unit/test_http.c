@@ -74,7 +74,7 @@ static int status_cb(void *data, struct lwsi_http_buf *out)
 
 static struct lwsi_http_server srv_a, srv_b, srv_c; /* defaults; tight timeout; 8 connections */
 
-static int metrics_cb(void *data, struct lwsi_http_buf *out)
+static int metrics_cb(void *data, struct lwsi_metrics_buf *out)
 {
   lwsi_metrics_gauge(out, "lwsinit_up", "The agent answers.", 1);
   return lwsi_http_metrics(&srv_a, out);
@@ -997,7 +997,7 @@ static void test_metrics(void)
   TAP_OK(exact, "every value reads back exactly");
 
   /* An example set, as the agent would write it. */
-  struct lwsi_http_buf b = {0};
+  struct lwsi_metrics_buf b = {0};
   lwsi_metrics_gauge(&b, "lwsinit_up", "Whether the agent answers.", 1);
   lwsi_metrics_family(&b, "lwsinit_phase", LWSI_METRICS_GAUGE,
                       "The current phase (1 for the current one).");
@@ -1049,12 +1049,12 @@ static void test_metrics(void)
   TAP_OK(lwsi_metrics_sample(&b, "ok", (const struct lwsi_metrics_label[]){{"a:b", "v"}}, 1, 1) ==
              -EINVAL, "no ':' in label names");
   TAP_OK(b.len == len, "nothing is written for a bad name");
-  lwsi_http_buf_reset(&b);
+  lwsi_metrics_buf_reset(&b);
   TAP_OK(lwsi_metrics_family(&b, "ns:sub_total", LWSI_METRICS_UNTYPED, NULL) == 0,
          "':' in metric names, no HELP");
   TAP_STR_EQ(b.data, "# TYPE ns:sub_total untyped\n", "untyped without HELP");
 
-  lwsi_http_buf_reset(&b);
+  lwsi_metrics_buf_reset(&b);
   struct lwsi_http_server s;
   memset(&s, 0, sizeof(s));
   s.stats.accepted = 5;
@@ -1065,7 +1065,7 @@ static void test_metrics(void)
              strstr(b.data, "\nlwsinit_http_connections_accepted_total 5\n") &&
              strstr(b.data, "\nlwsinit_http_connections_closed_total{reason=\"evicted\"} 1\n"),
          "server metrics values");
-  lwsi_http_buf_free(&b);
+  lwsi_metrics_buf_free(&b);
 }
 
 int main(void)
