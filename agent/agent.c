@@ -543,9 +543,17 @@ static void start_check(struct lwsi_agent *a)
   a->gpu.data = a;
   a->gpu_on = true;
   lwsi_log_info("checking the GPUs (%s) with %s", mode, prog);
+  /* The check gets the environment the engine will get (without the
+   * group's token): it loads the same CUDA and NCCL, whose crash reports
+   * and debug dumps may carry the environment (docs/security.md). The
+   * launcher returns once the program has exec'd, so env is freed then. */
+  char **env = NULL;
   int rc = a->gpu_seen == NULL ? -ENOMEM
-                               : lwsi_gpurun_start(&a->gpu, &a->loop, argv, a->envp,
-                                                   &a->sup.child_mask, on_check);
+                               : lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size,
+                                                   &env);
+  if (rc == 0)
+    rc = lwsi_gpurun_start(&a->gpu, &a->loop, argv, env, &a->sup.child_mask, on_check);
+  lwsi_launcher_env_free(env);
   if (rc < 0) {
     char why[4400];
     snprintf(why, sizeof(why), "cannot run the GPU check %s: %s", prog, strerror(-rc));

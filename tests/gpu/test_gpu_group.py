@@ -90,6 +90,31 @@ def t_models_differ(t):
     t.ok("models differ" in g.agents[0].stderr(), "the leader says the models differ")
 
 
+def t_check_without_token(t):
+    # The check program runs the engine's CUDA and NCCL, whose crash reports
+    # and debug dumps may include the environment: like the engine, it must
+    # not be handed the group's secret.
+    d = t.path("check-env")
+    os.makedirs(d)
+    wrapper = os.path.join(d, "gpucheck-wrapper")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\nenv > "%s/env.$$"\nexec "%s" "$@"\n' % (d, GPUCHECK))
+    os.chmod(wrapper, 0o755)
+    g = run_group(t, "cuda", size=2,
+                  env_for=lambda r: {"LWSINIT_TOKEN": "gpu-check-secret",
+                                     "LWSINIT_GPUCHECK": wrapper})
+    for r in range(2):
+        g.state(r, timeout=20)
+    dumps = [os.path.join(d, n) for n in os.listdir(d) if n.startswith("env.")]
+    t.eq(len(dumps), 2, "the check ran once on each node")
+    for p in dumps:
+        with open(p) as f:
+            env = f.read()
+        t.ok("gpu-check-secret" not in env and "LWSINIT_TOKEN=" not in env,
+             "the check's environment holds no token (%s)" % os.path.basename(p))
+        t.ok("LWSINIT_CUDART=" in env, "it holds the agent's other variables")
+
+
 if not FAKE or not os.path.exists(FAKE):
     print("1..0 # SKIP LWSI_FAKEGPU is not set (run through meson test)")
     sys.exit(0)
@@ -99,4 +124,5 @@ lt.main([
     ("a node with too few GPUs fails the group with 5", t_cuda_missing_gpu),
     ("a hung NCCL init is ended at --gpu-check-timeout", t_init_hang),
     ("different GPU models fail the group", t_models_differ),
+    ("the check program is not handed the group's token", t_check_without_token),
 ])
