@@ -8,12 +8,12 @@
 #include <stdint.h>
 
 #include "lwsinit/engine.h"
+#include "lwsinit/health.h"
 
 #define LWSI_CONFIG_ERR_MAX 512
 #define LWSI_TOKEN_MAX 4096
 
 enum lwsi_peer_loss { LWSI_PEER_LOSS_EXIT, LWSI_PEER_LOSS_STAY };
-enum lwsi_readiness { LWSI_READY_SERVING, LWSI_READY_GROUP, LWSI_READY_LISTENING };
 enum lwsi_gpu_check { LWSI_GPU_CHECK_NONE, LWSI_GPU_CHECK_CUDA, LWSI_GPU_CHECK_NCCL };
 enum lwsi_log_format { LWSI_LOG_TEXT, LWSI_LOG_JSON };
 enum lwsi_log_level { LWSI_LOG_DEBUG, LWSI_LOG_INFO, LWSI_LOG_WARN, LWSI_LOG_ERROR };

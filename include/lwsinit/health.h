@@ -13,13 +13,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lwsinit/config.h"
-
 #define LWSI_HEALTH_MAX_CHECKS 12
 #define LWSI_HEALTH_NAME_MAX 32
 #define LWSI_HEALTH_REASON_MAX 200
 
 enum lwsi_health_kind { LWSI_HEALTH_LIVE, LWSI_HEALTH_READY };
+
+/* What the leader's /readyz waits for (--readiness). */
+enum lwsi_readiness { LWSI_READY_SERVING, LWSI_READY_GROUP, LWSI_READY_LISTENING };
 
 struct lwsi_health_check {
   char name[LWSI_HEALTH_NAME_MAX];
