@@ -117,7 +117,7 @@ struct lwsi_rdzv_event {
 
 /* The state each member reports in its heartbeats. */
 struct lwsi_rdzv_local {
-  char child[LWSI_WIRE_CHILD_MAX]; /* e.g. "none", "running", "exited" */
+  char child[LWSI_WIRE_CHILD_MAX]; /* e.g. "not-started", "running", "exited" */
   bool upstream;                   /* the local engine's health */
 };
 
