@@ -1015,17 +1015,17 @@ static char *render_status(void *data)
   return doc;
 }
 
-static int probe_status(void *data, struct lwsi_http_buf *out)
+static int probe_status(void *data, struct lwsi_buf *out)
 {
   char *doc = render_status(data);
   if (doc == NULL)
     return -ENOMEM;
-  lwsi_http_buf_puts(out, doc);
+  lwsi_buf_puts(out, doc);
   free(doc);
   return out->err;
 }
 
-static int probe_metrics(void *data, struct lwsi_metrics_buf *out)
+static int probe_metrics(void *data, struct lwsi_buf *out)
 {
   struct lwsi_agent *a = data;
   struct lwsi_status_snapshot s;

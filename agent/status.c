@@ -307,7 +307,7 @@ int lwsi_status_print(FILE *out, const char *json)
 
 /* Metrics: names follow the Prometheus conventions (the lwsinit_ prefix,
  * base units, _total for counters), so that dashboards need no renaming. */
-static void member_metrics(const struct lwsi_status_snapshot *s, struct lwsi_metrics_buf *b)
+static void member_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b)
 {
   bool fam_rtt = false, fam_age = false;
   for (int pass = 0; pass < 2; pass++) {
@@ -334,7 +334,7 @@ static void member_metrics(const struct lwsi_status_snapshot *s, struct lwsi_met
   }
 }
 
-int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_metrics_buf *b)
+int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b)
 {
   char rank[16];
   snprintf(rank, sizeof(rank), "%u", s->rank);

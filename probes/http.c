@@ -10,75 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- The growable buffer ---- */
-
-int lwsi_http_buf_append(struct lwsi_http_buf *b, const void *p, size_t n)
-{
-  if (b->err < 0)
-    return b->err;
-  if (n > LWSI_HTTP_BUF_MAX || b->len + n > LWSI_HTTP_BUF_MAX)
-    return b->err = -EMSGSIZE;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *d = realloc(b->data, cap);
-    if (d == NULL)
-      return b->err = -ENOMEM;
-    b->data = d;
-    b->cap = cap;
-  }
-  if (n > 0)
-    memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
-int lwsi_http_buf_puts(struct lwsi_http_buf *b, const char *s)
-{
-  return lwsi_http_buf_append(b, s, strlen(s));
-}
-
-int lwsi_http_buf_printf(struct lwsi_http_buf *b, const char *fmt, ...)
-{
-  char small[256];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(small, sizeof(small), fmt, ap);
-  va_end(ap);
-  if (n < 0)
-    return b->err < 0 ? b->err : (b->err = -EINVAL);
-  if ((size_t)n < sizeof(small))
-    return lwsi_http_buf_append(b, small, (size_t)n);
-  /* Longer than the stack copy: format into a heap copy of the right size. */
-  if (b->err < 0)
-    return b->err;
-  char *tmp = malloc((size_t)n + 1);
-  if (tmp == NULL)
-    return b->err = -ENOMEM;
-  va_start(ap, fmt);
-  vsnprintf(tmp, (size_t)n + 1, fmt, ap);
-  va_end(ap);
-  int rc = lwsi_http_buf_append(b, tmp, (size_t)n);
-  free(tmp);
-  return rc;
-}
-
-void lwsi_http_buf_reset(struct lwsi_http_buf *b)
-{
-  b->len = 0;
-  b->err = 0;
-  if (b->data != NULL)
-    b->data[0] = '\0';
-}
-
-void lwsi_http_buf_free(struct lwsi_http_buf *b)
-{
-  free(b->data);
-  memset(b, 0, sizeof(*b));
-}
-
 /* ---- Connections ----
  *
  * A connection moves through these states:
@@ -478,7 +409,7 @@ static void conn_dispatch(struct lwsi_http_conn *c)
     .path = path,
     .query = query,
   };
-  lwsi_http_buf_reset(&srv->body);
+  lwsi_buf_reset(&srv->body);
   struct lwsi_http_response resp = {
     .status = 200,
     .content_type = LWSI_HTTP_CONTENT_TYPE_TEXT,
@@ -501,7 +432,7 @@ static void conn_dispatch(struct lwsi_http_conn *c)
             resp.allow, body, blen, head, !keep || resp.close);
   /* Keep the scratch body from holding on to a rare huge answer. */
   if (srv->body.cap > (1u << 20))
-    lwsi_http_buf_free(&srv->body);
+    lwsi_buf_free(&srv->body);
 }
 
 /* ---- http-parser callbacks: note, pause, and let conn_process act ---- */
@@ -792,10 +723,10 @@ void lwsi_http_close(struct lwsi_http_server *srv)
     conn_close(srv->lru_head);
   uv_close((uv_handle_t *)&srv->tcp, NULL);
   uv_close((uv_handle_t *)&srv->timer, NULL);
-  lwsi_http_buf_free(&srv->body);
+  lwsi_buf_free(&srv->body);
 }
 
-int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_metrics_buf *out)
+int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_buf *out)
 {
   const struct lwsi_http_stats *s = &srv->stats;
   lwsi_metrics_gauge(out, "lwsinit_http_connections", "Open connections to the probe server.",
@@ -918,47 +849,47 @@ static void render_health(const struct lwsi_http_probes *pr, enum lwsi_health_ki
   for (size_t i = 0; i < list.n; i++)
     if (!excluded[i] && !list.checks[i].ok)
       ok = false;
-  struct lwsi_http_buf *b = resp->body;
+  struct lwsi_buf *b = resp->body;
   resp->status = ok ? 200 : 503;
   if (verbose) {
     for (size_t i = 0; i < list.n; i++) {
       const struct lwsi_health_check *c = &list.checks[i];
       if (excluded[i])
-        lwsi_http_buf_printf(b, "[+]%s excluded: ok\n", c->name);
+        lwsi_buf_printf(b, "[+]%s excluded: ok\n", c->name);
       else if (c->ok)
-        lwsi_http_buf_printf(b, "[+]%s ok\n", c->name);
+        lwsi_buf_printf(b, "[+]%s ok\n", c->name);
       else
-        lwsi_http_buf_printf(b, "[-]%s failed: %s\n", c->name, c->reason);
+        lwsi_buf_printf(b, "[-]%s failed: %s\n", c->name, c->reason);
     }
     if (ulen > 0)
-      lwsi_http_buf_printf(b, "warn: some health checks cannot be excluded: no matches for %s\n",
+      lwsi_buf_printf(b, "warn: some health checks cannot be excluded: no matches for %s\n",
                            unknown);
-    lwsi_http_buf_printf(b, "%s check %s\n", endpoint, ok ? "passed" : "failed");
+    lwsi_buf_printf(b, "%s check %s\n", endpoint, ok ? "passed" : "failed");
     return;
   }
   if (ok) {
-    lwsi_http_buf_puts(b, "ok"); /* exactly the API server's body */
+    lwsi_buf_puts(b, "ok"); /* exactly the API server's body */
     return;
   }
-  lwsi_http_buf_printf(b, "%s check failed:", endpoint);
+  lwsi_buf_printf(b, "%s check failed:", endpoint);
   bool first = true;
   for (size_t i = 0; i < list.n; i++) {
     const struct lwsi_health_check *c = &list.checks[i];
     if (excluded[i] || c->ok)
       continue;
-    lwsi_http_buf_printf(b, "%s %s: %s", first ? "" : ";", c->name, c->reason);
+    lwsi_buf_printf(b, "%s %s: %s", first ? "" : ";", c->name, c->reason);
     first = false;
   }
-  lwsi_http_buf_puts(b, "\n");
+  lwsi_buf_puts(b, "\n");
 }
 
-static void render_doc(int (*fn)(void *, struct lwsi_http_buf *), void *data,
+static void render_doc(int (*fn)(void *, struct lwsi_buf *), void *data,
                        struct lwsi_http_response *resp)
 {
   if (fn(data, resp->body) < 0 || resp->body->err < 0) {
     resp->status = 500;
-    lwsi_http_buf_reset(resp->body);
-    lwsi_http_buf_puts(resp->body, "500 Internal Server Error\n");
+    lwsi_buf_reset(resp->body);
+    lwsi_buf_puts(resp->body, "500 Internal Server Error\n");
     resp->content_type = LWSI_HTTP_CONTENT_TYPE_TEXT;
   }
 }
@@ -967,17 +898,11 @@ static void render_doc(int (*fn)(void *, struct lwsi_http_buf *), void *data,
  * body. */
 static void render_metrics(const struct lwsi_http_probes *pr, struct lwsi_http_response *resp)
 {
-  struct lwsi_metrics_buf m = {0};
-  int rc = pr->metrics(pr->data, &m);
-  if (rc == 0)
-    rc = m.err;
-  if (rc == 0 && m.len > 0)
-    rc = lwsi_http_buf_append(resp->body, m.data, m.len);
-  lwsi_metrics_buf_free(&m);
+  int rc = pr->metrics(pr->data, resp->body);
   if (rc < 0 || resp->body->err < 0) {
     resp->status = 500;
-    lwsi_http_buf_reset(resp->body);
-    lwsi_http_buf_puts(resp->body, "500 Internal Server Error\n");
+    lwsi_buf_reset(resp->body);
+    lwsi_buf_puts(resp->body, "500 Internal Server Error\n");
     resp->content_type = LWSI_HTTP_CONTENT_TYPE_TEXT;
   }
 }
@@ -998,14 +923,14 @@ void lwsi_http_route_probes(void *probes, const struct lwsi_http_request *req,
 
   if (r == R_NONE) {
     resp->status = 404;
-    lwsi_http_buf_puts(resp->body, "404 page not found\n");
+    lwsi_buf_puts(resp->body, "404 page not found\n");
     return;
   }
   if (req->method == LWSI_HTTP_OTHER) {
     /* RFC 9110 section 15.5.6: a 405 lists the allowed methods. */
     resp->status = 405;
     resp->allow = "GET, HEAD";
-    lwsi_http_buf_puts(resp->body, "405 method not allowed\n");
+    lwsi_buf_puts(resp->body, "405 method not allowed\n");
     return;
   }
   switch (r) {

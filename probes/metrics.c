@@ -9,49 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- The buffer ---- */
-
-static int buf_append(struct lwsi_metrics_buf *b, const char *p, size_t n)
-{
-  if (b->err < 0)
-    return b->err;
-  if (n > LWSI_METRICS_BUF_MAX || b->len + n > LWSI_METRICS_BUF_MAX)
-    return b->err = -EMSGSIZE;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *d = realloc(b->data, cap);
-    if (d == NULL)
-      return b->err = -ENOMEM;
-    b->data = d;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
-static int buf_puts(struct lwsi_metrics_buf *b, const char *s)
-{
-  return buf_append(b, s, strlen(s));
-}
-
-void lwsi_metrics_buf_reset(struct lwsi_metrics_buf *b)
-{
-  b->len = 0;
-  b->err = 0;
-  if (b->data != NULL)
-    b->data[0] = '\0';
-}
-
-void lwsi_metrics_buf_free(struct lwsi_metrics_buf *b)
-{
-  free(b->data);
-  memset(b, 0, sizeof(*b));
-}
-
 /* ---- The writer ---- */
 
 /* Names as the exposition format and the Prometheus data model define
@@ -79,7 +36,7 @@ static bool label_name_ok(const char *s)
 /* HELP text escapes backslash and newline; label values also escape the
  * double quote (exposition format, "Comments, help text, and type
  * information" and "Line format"). */
-static void append_escaped(struct lwsi_metrics_buf *b, const char *s, bool quote)
+static void append_escaped(struct lwsi_buf *b, const char *s, bool quote)
 {
   const char *run = s;
   for (const char *p = s;; p++) {
@@ -92,10 +49,10 @@ static void append_escaped(struct lwsi_metrics_buf *b, const char *s, bool quote
       esc = "\\\"";
     else if (*p != '\0')
       continue;
-    buf_append(b, run, (size_t)(p - run));
+    lwsi_buf_append(b, run, (size_t)(p - run));
     if (esc == NULL)
       return;
-    buf_puts(b, esc);
+    lwsi_buf_puts(b, esc);
     run = p + 1;
   }
 }
@@ -123,28 +80,28 @@ int lwsi_metrics_format_value(char *buf, size_t len, double v)
   return n;
 }
 
-int lwsi_metrics_family(struct lwsi_metrics_buf *b, const char *name, enum lwsi_metrics_type type,
+int lwsi_metrics_family(struct lwsi_buf *b, const char *name, enum lwsi_metrics_type type,
                         const char *help)
 {
   static const char *const types[] = {"gauge", "counter", "untyped"};
   if (!name_ok(name, true) || (unsigned)type > LWSI_METRICS_UNTYPED)
     return -EINVAL;
   if (help != NULL) {
-    buf_puts(b, "# HELP ");
-    buf_puts(b, name);
-    buf_puts(b, " ");
+    lwsi_buf_puts(b, "# HELP ");
+    lwsi_buf_puts(b, name);
+    lwsi_buf_puts(b, " ");
     append_escaped(b, help, false);
-    buf_puts(b, "\n");
+    lwsi_buf_puts(b, "\n");
   }
-  buf_puts(b, "# TYPE ");
-  buf_puts(b, name);
-  buf_puts(b, " ");
-  buf_puts(b, types[type]);
-  buf_puts(b, "\n");
+  lwsi_buf_puts(b, "# TYPE ");
+  lwsi_buf_puts(b, name);
+  lwsi_buf_puts(b, " ");
+  lwsi_buf_puts(b, types[type]);
+  lwsi_buf_puts(b, "\n");
   return b->err;
 }
 
-static int sample_start(struct lwsi_metrics_buf *b, const char *name,
+static int sample_start(struct lwsi_buf *b, const char *name,
                         const struct lwsi_metrics_label *labels, size_t nlabels)
 {
   if (!name_ok(name, true))
@@ -152,23 +109,23 @@ static int sample_start(struct lwsi_metrics_buf *b, const char *name,
   for (size_t i = 0; i < nlabels; i++)
     if (!label_name_ok(labels[i].name))
       return -EINVAL;
-  buf_puts(b, name);
+  lwsi_buf_puts(b, name);
   if (nlabels > 0) {
-    buf_puts(b, "{");
+    lwsi_buf_puts(b, "{");
     for (size_t i = 0; i < nlabels; i++) {
       if (i > 0)
-        buf_puts(b, ",");
-      buf_puts(b, labels[i].name);
-      buf_puts(b, "=\"");
+        lwsi_buf_puts(b, ",");
+      lwsi_buf_puts(b, labels[i].name);
+      lwsi_buf_puts(b, "=\"");
       append_escaped(b, labels[i].value != NULL ? labels[i].value : "", true);
-      buf_puts(b, "\"");
+      lwsi_buf_puts(b, "\"");
     }
-    buf_puts(b, "}");
+    lwsi_buf_puts(b, "}");
   }
   return 0;
 }
 
-int lwsi_metrics_sample(struct lwsi_metrics_buf *b, const char *name,
+int lwsi_metrics_sample(struct lwsi_buf *b, const char *name,
                         const struct lwsi_metrics_label *labels, size_t nlabels, double value)
 {
   char num[40];
@@ -176,13 +133,13 @@ int lwsi_metrics_sample(struct lwsi_metrics_buf *b, const char *name,
   if (rc < 0)
     return rc;
   lwsi_metrics_format_value(num, sizeof(num), value); /* 40 always suffices */
-  buf_puts(b, " ");
-  buf_puts(b, num);
-  buf_puts(b, "\n");
+  lwsi_buf_puts(b, " ");
+  lwsi_buf_puts(b, num);
+  lwsi_buf_puts(b, "\n");
   return b->err;
 }
 
-int lwsi_metrics_sample_u64(struct lwsi_metrics_buf *b, const char *name,
+int lwsi_metrics_sample_u64(struct lwsi_buf *b, const char *name,
                             const struct lwsi_metrics_label *labels, size_t nlabels,
                             uint64_t value)
 {
@@ -191,17 +148,17 @@ int lwsi_metrics_sample_u64(struct lwsi_metrics_buf *b, const char *name,
     return rc;
   char num[32];
   snprintf(num, sizeof(num), " %" PRIu64 "\n", value);
-  buf_puts(b, num);
+  lwsi_buf_puts(b, num);
   return b->err;
 }
 
-int lwsi_metrics_gauge(struct lwsi_metrics_buf *b, const char *name, const char *help, double value)
+int lwsi_metrics_gauge(struct lwsi_buf *b, const char *name, const char *help, double value)
 {
   int rc = lwsi_metrics_family(b, name, LWSI_METRICS_GAUGE, help);
   return rc < 0 ? rc : lwsi_metrics_sample(b, name, NULL, 0, value);
 }
 
-int lwsi_metrics_counter(struct lwsi_metrics_buf *b, const char *name, const char *help,
+int lwsi_metrics_counter(struct lwsi_buf *b, const char *name, const char *help,
                          uint64_t value)
 {
   int rc = lwsi_metrics_family(b, name, LWSI_METRICS_COUNTER, help);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "lwsinit/buf.h"
 #include "lwsinit/health.h"
 
 #define LWSI_HTTP_DEFAULT_MAX_CONNS 256
@@ -36,26 +37,6 @@
 #define LWSI_HTTP_URL_MAX 2048
 #define LWSI_HTTP_BODY_MAX 1024      /* request bodies up to this are read and ignored */
 #define LWSI_HTTP_READ_BUF 4096      /* embedded in each connection */
-#define LWSI_HTTP_BUF_MAX (16u << 20) /* the largest response body */
-
-/* A growable byte buffer, kept NUL-terminated. The first failure (ENOMEM,
- * or EMSGSIZE past LWSI_HTTP_BUF_MAX) is sticky in err and makes later
- * appends no-ops, so a writer may append freely and check once. A zeroed
- * struct is an empty buffer. */
-struct lwsi_http_buf {
-  char *data;
-  size_t len;
-  size_t cap;
-  int err; /* 0 or the first negative errno */
-};
-
-int lwsi_http_buf_append(struct lwsi_http_buf *b, const void *p, size_t n);
-int lwsi_http_buf_puts(struct lwsi_http_buf *b, const char *s);
-int lwsi_http_buf_printf(struct lwsi_http_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* Empties the buffer and clears err; keeps the memory. */
-void lwsi_http_buf_reset(struct lwsi_http_buf *b);
-void lwsi_http_buf_free(struct lwsi_http_buf *b);
 
 enum lwsi_http_method { LWSI_HTTP_GET, LWSI_HTTP_HEAD, LWSI_HTTP_OTHER };
 
@@ -71,7 +52,7 @@ struct lwsi_http_response {
   const char *content_type; /* "text/plain; charset=utf-8" on entry; must outlive the call */
   const char *allow;        /* an Allow header (405), or NULL */
   bool close;               /* close the connection after this answer */
-  struct lwsi_http_buf *body; /* empty on entry; the server owns it */
+  struct lwsi_buf *body; /* empty on entry; the server owns it */
 };
 
 /* Answers one request. Called on the loop; must not block and must not
@@ -117,7 +98,7 @@ struct lwsi_http_server {
   /* Connections by last progress, oldest first: the head is evicted. */
   struct lwsi_http_conn *lru_head, *lru_tail;
   unsigned nconns;
-  struct lwsi_http_buf body; /* the handler's body, reused */
+  struct lwsi_buf body; /* the handler's body, reused */
   uint16_t port;
   struct lwsi_http_stats stats;
 };
@@ -143,8 +124,8 @@ unsigned lwsi_http_connections(const struct lwsi_http_server *srv);
 void lwsi_http_close(struct lwsi_http_server *srv);
 
 /* Writes the server's stats as Prometheus text (lwsinit_http_*). */
-struct lwsi_metrics_buf;
-int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_metrics_buf *out);
+struct lwsi_buf;
+int lwsi_http_metrics(const struct lwsi_http_server *srv, struct lwsi_buf *out);
 
 /* Steps through a query string's parameters (name[=value], separated by
  * '&'), decoding %XX and '+'. *pos starts at the query (NULL is an empty
@@ -169,10 +150,10 @@ struct lwsi_http_probes {
   void (*checks)(void *data, enum lwsi_health_kind kind, struct lwsi_health_list *out);
   /* Appends the status document (JSON) to out. Returns 0 or a negative
    * errno (answered 500). NULL: /status answers 404. */
-  int (*status)(void *data, struct lwsi_http_buf *out);
+  int (*status)(void *data, struct lwsi_buf *out);
   /* Writes Prometheus text to out (see metrics.h), which the route copies
    * into the answer. Same conventions. */
-  int (*metrics)(void *data, struct lwsi_metrics_buf *out);
+  int (*metrics)(void *data, struct lwsi_buf *out);
   void *data;
 };
 

@@ -19,23 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The largest text the writer keeps, as the probe server's largest body. */
-#define LWSI_METRICS_BUF_MAX (16u << 20)
-
-/* A growable text buffer, kept NUL-terminated; a zeroed struct is empty.
- * The first failure (-ENOMEM, or -EMSGSIZE past LWSI_METRICS_BUF_MAX) is
- * sticky in err and makes later writes no-ops, so a writer may write freely
- * and check once. */
-struct lwsi_metrics_buf {
-  char *data; /* NULL while empty */
-  size_t len;
-  size_t cap;
-  int err; /* 0 or the first negative errno */
-};
-
-/* Empties the buffer and clears err; keeps the memory. */
-void lwsi_metrics_buf_reset(struct lwsi_metrics_buf *b);
-void lwsi_metrics_buf_free(struct lwsi_metrics_buf *b);
+#include "lwsinit/buf.h"
 
 enum lwsi_metrics_type { LWSI_METRICS_GAUGE, LWSI_METRICS_COUNTER, LWSI_METRICS_UNTYPED };
 
@@ -47,23 +31,23 @@ struct lwsi_metrics_label {
 /* Writes "# HELP name help" (help escaped: backslash, newline) and
  * "# TYPE name type". help may be NULL (no HELP line). Returns 0, -EINVAL
  * for a bad metric name ([a-zA-Z_:][a-zA-Z0-9_:]*), or the buffer's error. */
-int lwsi_metrics_family(struct lwsi_metrics_buf *b, const char *name, enum lwsi_metrics_type type,
+int lwsi_metrics_family(struct lwsi_buf *b, const char *name, enum lwsi_metrics_type type,
                         const char *help);
 
 /* Writes one sample line: name{label="value",...} value. Label values are
  * escaped (backslash, double quote, newline). Returns 0, -EINVAL for a bad
  * metric or label name, or the buffer's error. */
-int lwsi_metrics_sample(struct lwsi_metrics_buf *b, const char *name,
+int lwsi_metrics_sample(struct lwsi_buf *b, const char *name,
                         const struct lwsi_metrics_label *labels, size_t nlabels, double value);
 
 /* The same with an exact integer value (counters beyond 2^53 stay exact). */
-int lwsi_metrics_sample_u64(struct lwsi_metrics_buf *b, const char *name,
+int lwsi_metrics_sample_u64(struct lwsi_buf *b, const char *name,
                             const struct lwsi_metrics_label *labels, size_t nlabels,
                             uint64_t value);
 
 /* A family of one unlabelled sample: HELP, TYPE and the sample. */
-int lwsi_metrics_gauge(struct lwsi_metrics_buf *b, const char *name, const char *help, double value);
-int lwsi_metrics_counter(struct lwsi_metrics_buf *b, const char *name, const char *help,
+int lwsi_metrics_gauge(struct lwsi_buf *b, const char *name, const char *help, double value);
+int lwsi_metrics_counter(struct lwsi_buf *b, const char *name, const char *help,
                          uint64_t value);
 
 /* Formats a value as Prometheus parses it (Go's ParseFloat): the shortest

@@ -147,8 +147,8 @@ char *lwsi_status_render(const struct lwsi_status_snapshot *s);
 
 /* Writes the agent's metrics in the Prometheus text format. Returns 0 or
  * the buffer's error. */
-struct lwsi_metrics_buf;
-int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_metrics_buf *out);
+struct lwsi_buf;
+int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *out);
 
 /* Prints the summary of a document for a person. Returns 0 or -EINVAL when
  * the text is not a status document. */

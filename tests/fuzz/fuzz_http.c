@@ -46,12 +46,12 @@ static void checks_cb(void *data, enum lwsi_health_kind kind, struct lwsi_health
     lwsi_health_ready(&state, out);
 }
 
-static int status_cb(void *data, struct lwsi_http_buf *out)
+static int status_cb(void *data, struct lwsi_buf *out)
 {
-  return lwsi_http_buf_puts(out, "{\"rank\":0,\"phase\":\"running\",\"ready\":false}\n");
+  return lwsi_buf_puts(out, "{\"rank\":0,\"phase\":\"running\",\"ready\":false}\n");
 }
 
-static int metrics_cb(void *data, struct lwsi_metrics_buf *out)
+static int metrics_cb(void *data, struct lwsi_buf *out)
 {
   lwsi_metrics_gauge(out, "lwsinit_ready", "1 when /readyz answers 200.", 0);
   return lwsi_http_metrics(&srv, out);

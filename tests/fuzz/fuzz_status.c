@@ -186,9 +186,9 @@ static void render_from(const char *text, const uint8_t *data, size_t size)
   cJSON_Delete(j);
   CHECK(lwsi_status_print(devnull, out) == 0);
   free(out);
-  struct lwsi_metrics_buf m = {0};
+  struct lwsi_buf m = {0};
   CHECK(lwsi_status_metrics(&s, &m) == 0 && m.err == 0);
-  lwsi_metrics_buf_free(&m);
+  lwsi_buf_free(&m);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

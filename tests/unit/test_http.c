@@ -65,16 +65,16 @@ static void checks_cb(void *data, enum lwsi_health_kind kind, struct lwsi_health
     lwsi_health_ready(&state, out);
 }
 
-static int status_cb(void *data, struct lwsi_http_buf *out)
+static int status_cb(void *data, struct lwsi_buf *out)
 {
   if (status_fails)
     return -EIO;
-  return lwsi_http_buf_puts(out, "{\"rank\":0,\"phase\":\"running\"}");
+  return lwsi_buf_puts(out, "{\"rank\":0,\"phase\":\"running\"}");
 }
 
 static struct lwsi_http_server srv_a, srv_b, srv_c; /* defaults; tight timeout; 8 connections */
 
-static int metrics_cb(void *data, struct lwsi_metrics_buf *out)
+static int metrics_cb(void *data, struct lwsi_buf *out)
 {
   lwsi_metrics_gauge(out, "lwsinit_up", "The agent answers.", 1);
   return lwsi_http_metrics(&srv_a, out);
@@ -94,11 +94,11 @@ static void handler(void *data, const struct lwsi_http_request *req,
   if (strcmp(req->path, "/big") == 0) {
     static char big[64 * 1024];
     memset(big, 'x', sizeof(big));
-    lwsi_http_buf_append(resp->body, big, sizeof(big));
+    lwsi_buf_append(resp->body, big, sizeof(big));
     return;
   }
   if (strcmp(req->path, "/echo") == 0 || strncmp(req->path, "/echo/", 6) == 0) {
-    lwsi_http_buf_printf(resp->body, "%s|%s|%s", req->method_name, req->path,
+    lwsi_buf_printf(resp->body, "%s|%s|%s", req->method_name, req->path,
                          req->query ? req->query : "(none)");
     return;
   }
@@ -947,22 +947,22 @@ static void test_query(void)
 
 static void test_buf(void)
 {
-  struct lwsi_http_buf b = {0};
-  lwsi_http_buf_puts(&b, "a");
-  lwsi_http_buf_printf(&b, "%d-%s", 42, "x");
+  struct lwsi_buf b = {0};
+  lwsi_buf_puts(&b, "a");
+  lwsi_buf_printf(&b, "%d-%s", 42, "x");
   TAP_STR_EQ(b.data, "a42-x", "append and printf");
   char big[1000];
   memset(big, 'z', sizeof(big) - 1);
   big[sizeof(big) - 1] = '\0';
-  lwsi_http_buf_printf(&b, "[%s]", big);
+  lwsi_buf_printf(&b, "[%s]", big);
   TAP_OK(b.len == 5 + 1001 && b.data[5] == '[' && b.data[b.len - 1] == ']' && b.err == 0,
          "printf longer than the stack copy");
-  TAP_OK(lwsi_http_buf_append(&b, "", (size_t)LWSI_HTTP_BUF_MAX + 1) == -EMSGSIZE,
+  TAP_OK(lwsi_buf_append(&b, "", (size_t)LWSI_BUF_MAX + 1) == -EMSGSIZE,
          "past the maximum: -EMSGSIZE");
-  TAP_OK(lwsi_http_buf_puts(&b, "more") == -EMSGSIZE && b.len == 1006, "the error is sticky");
-  lwsi_http_buf_reset(&b);
-  TAP_OK(b.err == 0 && b.len == 0 && lwsi_http_buf_puts(&b, "ok") == 0, "reset clears it");
-  lwsi_http_buf_free(&b);
+  TAP_OK(lwsi_buf_puts(&b, "more") == -EMSGSIZE && b.len == 1006, "the error is sticky");
+  lwsi_buf_reset(&b);
+  TAP_OK(b.err == 0 && b.len == 0 && lwsi_buf_puts(&b, "ok") == 0, "reset clears it");
+  lwsi_buf_free(&b);
   TAP_OK(b.data == NULL && b.len == 0, "free");
 }
 
@@ -997,7 +997,7 @@ static void test_metrics(void)
   TAP_OK(exact, "every value reads back exactly");
 
   /* An example set, as the agent would write it. */
-  struct lwsi_metrics_buf b = {0};
+  struct lwsi_buf b = {0};
   lwsi_metrics_gauge(&b, "lwsinit_up", "Whether the agent answers.", 1);
   lwsi_metrics_family(&b, "lwsinit_phase", LWSI_METRICS_GAUGE,
                       "The current phase (1 for the current one).");
@@ -1049,12 +1049,12 @@ static void test_metrics(void)
   TAP_OK(lwsi_metrics_sample(&b, "ok", (const struct lwsi_metrics_label[]){{"a:b", "v"}}, 1, 1) ==
              -EINVAL, "no ':' in label names");
   TAP_OK(b.len == len, "nothing is written for a bad name");
-  lwsi_metrics_buf_reset(&b);
+  lwsi_buf_reset(&b);
   TAP_OK(lwsi_metrics_family(&b, "ns:sub_total", LWSI_METRICS_UNTYPED, NULL) == 0,
          "':' in metric names, no HELP");
   TAP_STR_EQ(b.data, "# TYPE ns:sub_total untyped\n", "untyped without HELP");
 
-  lwsi_metrics_buf_reset(&b);
+  lwsi_buf_reset(&b);
   struct lwsi_http_server s;
   memset(&s, 0, sizeof(s));
   s.stats.accepted = 5;
@@ -1065,7 +1065,7 @@ static void test_metrics(void)
              strstr(b.data, "\nlwsinit_http_connections_accepted_total 5\n") &&
              strstr(b.data, "\nlwsinit_http_connections_closed_total{reason=\"evicted\"} 1\n"),
          "server metrics values");
-  lwsi_metrics_buf_free(&b);
+  lwsi_buf_free(&b);
 }
 
 int main(void)

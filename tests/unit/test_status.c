@@ -93,8 +93,8 @@ static const char *text_of(const struct lwsi_status_snapshot *s)
 /* The metrics text (static); NULL on an error. */
 static const char *metrics_of(const struct lwsi_status_snapshot *s)
 {
-  static struct lwsi_metrics_buf b;
-  lwsi_metrics_buf_reset(&b);
+  static struct lwsi_buf b;
+  lwsi_buf_reset(&b);
   if (lwsi_status_metrics(s, &b) < 0)
     return NULL;
   return b.data;
