@@ -29,13 +29,27 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   snprintf(dp_size, sizeof(dp_size), "%llu", (unsigned long long)local * v->size);
   snprintf(dp_local, sizeof(dp_local), "%u", local);
   snprintf(dp_start, sizeof(dp_start), "%llu", (unsigned long long)local * v->rank);
+  /* An IPv6 address before ":PORT" is written in brackets, as every
+   * engine's host:port parser needs it (SGLang's --dist-init-addr refuses
+   * "Bare IPv6 address without brackets is ambiguous"); alone, as vLLM's
+   * --master-addr and --data-parallel-address take it (vLLM brackets it
+   * itself, vllm/utils/network_utils.py get_tcp_uri), it stays bare. The
+   * same rule holds in COMMAND, so that a user's "{leader_ip}:{dist_port}"
+   * means what the preset's does. */
+  char bracketed[64];
+  const char *host = v->leader_ip;
+  if (host != NULL && strchr(host, ':') != NULL && host[0] != '[') {
+    snprintf(bracketed, sizeof(bracketed), "[%s]", host);
+    host = bracketed;
+  }
   const struct lwsi_expand_var user_vars[] = {
-    {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"size", size},
-    {"rank", rank}, {"dist_port", has_dp ? dport : NULL},
+    {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"leader_ip:", host},
+    {"size", size}, {"rank", rank}, {"dist_port", has_dp ? dport : NULL},
   };
   const struct lwsi_expand_var preset_vars[] = {
-    {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"size", size}, {"rank", rank},
-    {"dist_port", dport}, {"dp_size", dp_size}, {"dp_local", dp_local}, {"dp_start", dp_start},
+    {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"leader_ip:", host},
+    {"size", size}, {"rank", rank}, {"dist_port", dport}, {"dp_size", dp_size},
+    {"dp_local", dp_local}, {"dp_start", dp_start},
   };
 
   /* The engine's flags on every rank, then its workers' own. */
@@ -56,10 +70,10 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
    * engine must not be told twice. */
   const char *given = NULL;
   if (e->dp_local_flag != NULL)
-    lwsi_engine_argv_find(cfg->argv, e->dp_local_flag, &given);
+    lwsi_engine_argv_find(e, cfg->argv, e->dp_local_flag, &given);
   for (size_t l = 0; l < 2; l++) {
     for (size_t i = 0; lists[l] != NULL && lists[l][i] != NULL && rc == 0; i++) {
-      if (given != NULL && strcmp(lists[l][i], e->dp_local_flag) == 0) {
+      if (given != NULL && lwsi_engine_spelling(e->dp_local_flag, lists[l][i])) {
         if (lists[l][i + 1] != NULL)
           i++; /* and its value */
         continue;

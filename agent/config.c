@@ -642,10 +642,15 @@ static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
   if (e->dp_local_flag != NULL && lwsi_engine_dp_local(e, cfg->dp_local, cfg->argv) == 0)
     return fail(err, errlen, "--preset %s: the data-parallel ranks on each node are not "
                 "known: give --dp-local N or %s N in COMMAND", e->name, e->dp_local_flag);
-  const char *refused = lwsi_engine_refused(e, cfg->argv);
-  if (refused != NULL)
-    return fail(err, errlen, "--preset %s: COMMAND has %s, which contradicts the flags the "
-                "preset appends: remove it, or use --preset none", e->name, refused);
+  /* Every member runs the same COMMAND (the launch digest), so a flag
+   * refused only where the preset gives workers their own flags is
+   * refused on the leader of that group too: the whole group fails here,
+   * before anything starts, and not its workers alone. */
+  const struct lwsi_engine_refusal *r;
+  int at = lwsi_engine_refused(e, cfg->size, cfg->argv, &r);
+  if (at >= 0)
+    return fail(err, errlen, "--preset %s: COMMAND argument %d ('%s') contradicts the preset: "
+                "%s; remove it, or use --preset none", e->name, at, cfg->argv[at], r->why);
   for (int i = 0; i < cfg->argc; i++) {
     char bad[64];
     int rc = lwsi_expand_check(cfg->argv[i], vars, sizeof(vars) / sizeof(vars[0]), bad,

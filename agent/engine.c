@@ -24,27 +24,81 @@ static const char *const vllm_dp_flags[] = {
   "--data-parallel-start-rank", "{dp_start}", "--data-parallel-address", "{leader_ip}",
   "--data-parallel-rpc-port", "{dist_port}", "--data-parallel-hybrid-lb", NULL};
 
+/* The flags in COMMAND that contradict a preset. Each engine's own
+ * parser was read for its spellings: SGLang python/sglang/srt/server_args.py
+ * (plain argparse; --nccl-init-addr is an old name of --dist-init-addr),
+ * vLLM vllm/engine/arg_utils.py (-n, -r, -dp, -dpl, -dpr, -dpa, -dpp, -dph,
+ * -dpe, -dpn, -dpm) and vllm/utils/argparse_utils.py (FlexibleArgumentParser
+ * turns '_' into '-' in every "--" name), as of their main branches in
+ * 2026. A flag the preset appends is refused when COMMAND has it too
+ * (argparse would take the preset's, the last one, and the user's would
+ * be silently lost), except the data-parallel size per node, which
+ * vllm-dp reads from COMMAND. */
+static const char appended[] = "the preset appends it";
+static const struct lwsi_engine_refusal no_refusals[] = {{NULL, NULL, false, NULL}};
+static const struct lwsi_engine_refusal sglang_refused[] = {
+  {"--dist-init-addr|--nccl-init-addr", NULL, false, appended},
+  {"--nnodes", NULL, false, appended},
+  {"--node-rank", NULL, false, appended},
+  {NULL, NULL, false, NULL}};
+static const struct lwsi_engine_refusal vllm_refused[] = {
+  {"--nnodes|-n", NULL, false, appended},
+  {"--node-rank|-r", NULL, false, appended},
+  {"--master-addr", NULL, false, appended},
+  {"--master-port", NULL, false, appended},
+  {"--headless", NULL, true, "the preset appends it on workers, and the leader serves the API"},
+  /* The preset runs vLLM's multiprocessing executor on every node (vLLM
+   * PR #23691); Ray's executor runs the whole model from the leader over
+   * a Ray cluster that nothing here starts. */
+  {"--distributed-executor-backend", "ray", false,
+   "the preset runs vLLM's multiprocessing executor on every node, not Ray's"},
+  /* vllm/entrypoints/cli/serve.py, run_headless: "data_parallel_hybrid_lb
+   * is not applicable in headless mode" (ValueError), and every worker of
+   * this preset runs --headless. */
+  {"--data-parallel-hybrid-lb|-dph", NULL, true,
+   "vLLM refuses it with the --headless the preset gives workers"},
+  {NULL, NULL, false, NULL}};
+static const struct lwsi_engine_refusal vllm_dp_refused[] = {
+  {"--data-parallel-size|-dp", NULL, false, appended},
+  {"--data-parallel-start-rank|-dpr", NULL, false, appended},
+  {"--data-parallel-address|-dpa", NULL, false, appended},
+  {"--data-parallel-rpc-port|-dpp", NULL, false, appended},
+  {"--data-parallel-hybrid-lb|-dph", NULL, false, appended},
+  /* serve.py: hybrid load balancing is not applicable in headless mode,
+   * and only one load-balancing mode may be chosen. */
+  {"--headless", NULL, false, "vLLM refuses it with the preset's --data-parallel-hybrid-lb"},
+  {"--data-parallel-external-lb|-dpe", NULL, false,
+   "vLLM takes one load-balancing mode, and the preset's is --data-parallel-hybrid-lb"},
+  {"--data-parallel-rank|-dpn", NULL, false,
+   "vLLM takes one load-balancing mode, and the preset's is --data-parallel-hybrid-lb"},
+  {"--data-parallel-multi-port-external-lb|-dpm", NULL, false,
+   "vLLM takes one load-balancing mode, and the preset's is --data-parallel-hybrid-lb"},
+  {NULL, NULL, false, NULL}};
+
 /* The default ports: SGLang's LWS example uses 20000 for --dist-init-addr;
  * vLLM's --master-port defaults to 29501 and its --data-parallel-rpc-port
- * to 13345. Health: python/sglang/srt/server_args.py has port = 30000 and
+ * to 29550 (vllm/config/parallel.py, ParallelConfig.master_port and
+ * data_parallel_rpc_port; 13345 is only the port of vLLM's examples).
+ * Health: python/sglang/srt/server_args.py has port = 30000 and
  * http_server.py serves GET /health (503 while starting, 200 once a
  * one-token generation gets through, about a second); ranks >= 1 run
- * launch_dummy_health_check_server on the same port.
+ * launch_dummy_health_check_server on the same port, reachable in every
+ * setup only since SGLang PR #12297 (older workers may never answer:
+ * docs/operations.md).
  * vllm/entrypoints/openai/cli_args.py has port = 8000 and GET /health is
  * 200 while the engine lives; the workers of a plain multi-node vllm run
  * --headless, with no API server, while hybrid load balancing (vllm-dp)
- * runs one API server on every node. No flag in COMMAND is refused yet:
- * the agent has never refused one. */
+ * runs one API server on every node. */
 static const struct lwsi_engine engines[LWSI_PRESET_COUNT] = {
   [LWSI_PRESET_NONE] = {LWSI_PRESET_NONE, "none", 0, no_flags, no_flags, NULL, NULL, 0, NULL,
-                        false, no_flags},
+                        false, false, no_refusals},
   [LWSI_PRESET_SGLANG] = {LWSI_PRESET_SGLANG, "sglang", 20000, sglang_flags, no_flags, NULL,
-                          "/health", 30000, "--port", true, no_flags},
+                          "/health", 30000, "--port", true, false, sglang_refused},
   [LWSI_PRESET_VLLM] = {LWSI_PRESET_VLLM, "vllm", 29501, vllm_flags, vllm_worker_flags, NULL,
-                        "/health", 8000, "--port", false, no_flags},
-  [LWSI_PRESET_VLLM_DP] = {LWSI_PRESET_VLLM_DP, "vllm-dp", 13345, vllm_dp_flags, no_flags,
-                           "--data-parallel-size-local", "/health", 8000, "--port", true,
-                           no_flags},
+                        "/health", 8000, "--port", false, true, vllm_refused},
+  [LWSI_PRESET_VLLM_DP] = {LWSI_PRESET_VLLM_DP, "vllm-dp", 29550, vllm_dp_flags, no_flags,
+                           "--data-parallel-size-local|-dpl", "/health", 8000, "--port", true,
+                           true, vllm_dp_refused},
 };
 
 const struct lwsi_engine *lwsi_engine_get(enum lwsi_preset id)
@@ -62,23 +116,62 @@ const struct lwsi_engine *lwsi_engine_find(const char *name)
   return NULL;
 }
 
-int lwsi_engine_argv_find(char *const *argv, const char *name, const char **value)
+/* Whether the argument's flag part a[0..len) is the spelling sp[0..splen):
+ * exactly, or with '_' for '-' in a long flag's name when the engine's
+ * parser allows it. */
+static bool same_flag(const char *a, size_t len, const char *sp, size_t splen, bool underscores)
 {
-  size_t len = strlen(name);
+  if (len != splen)
+    return false;
+  if (memcmp(a, sp, len) == 0)
+    return true;
+  if (!underscores || len < 3 || sp[0] != '-' || sp[1] != '-' || a[0] != '-' || a[1] != '-')
+    return false;
+  for (size_t i = 2; i < len; i++)
+    if (a[i] != sp[i] && !(a[i] == '_' && sp[i] == '-'))
+      return false;
+  return true;
+}
+
+/* Whether a, up to its '=' if it has one, is one of spec's spellings. */
+static bool arg_is(const char *spec, const char *a, size_t alen, bool underscores)
+{
+  for (const char *p = spec; *p != '\0';) {
+    const char *bar = strchr(p, '|');
+    size_t n = bar != NULL ? (size_t)(bar - p) : strlen(p);
+    if (same_flag(a, alen, p, n, underscores))
+      return true;
+    p += n + (bar != NULL);
+  }
+  return false;
+}
+
+bool lwsi_engine_spelling(const char *spec, const char *name)
+{
+  return arg_is(spec, name, strlen(name), false);
+}
+
+int lwsi_engine_argv_find(const struct lwsi_engine *e, char *const *argv, const char *spec,
+                          const char **value)
+{
+  bool underscores = e != NULL && e->underscores;
   int found = -ENOENT;
   const char *v = NULL;
   for (size_t i = 1; argv != NULL && argv[0] != NULL && argv[i] != NULL; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0)
       break;
-    if (strcmp(a, name) == 0) {
+    if (a[0] != '-')
+      continue;
+    const char *eq = strchr(a, '=');
+    if (eq != NULL && arg_is(spec, a, (size_t)(eq - a), underscores)) {
+      found = (int)i;
+      v = eq + 1;
+    } else if (eq == NULL && arg_is(spec, a, strlen(a), underscores)) {
       found = (int)i;
       v = argv[i + 1];
       if (v != NULL)
         i++;
-    } else if (strncmp(a, name, len) == 0 && a[len] == '=') {
-      found = (int)i;
-      v = a + len + 1;
     }
   }
   if (value != NULL)
@@ -93,19 +186,27 @@ unsigned lwsi_engine_dp_local(const struct lwsi_engine *e, unsigned given, char 
   if (given > 0)
     return given;
   const char *v;
-  if (lwsi_engine_argv_find(argv, e->dp_local_flag, &v) < 0 || v == NULL || *v == '\0')
+  if (lwsi_engine_argv_find(e, argv, e->dp_local_flag, &v) < 0 || v == NULL || *v == '\0')
     return 0;
   char *end;
   unsigned long n = strtoul(v, &end, 10);
   return (*end == '\0' && n > 0 && n <= 4096) ? (unsigned)n : 0;
 }
 
-const char *lwsi_engine_refused(const struct lwsi_engine *e, char *const *argv)
+int lwsi_engine_refused(const struct lwsi_engine *e, unsigned size, char *const *argv,
+                        const struct lwsi_engine_refusal **row)
 {
-  for (const char *const *f = e->refused; *f != NULL; f++)
-    if (lwsi_engine_argv_find(argv, *f, NULL) >= 0)
-      return *f;
-  return NULL;
+  for (const struct lwsi_engine_refusal *r = e->refused; r->flag != NULL; r++) {
+    if (r->with_workers && size < 2)
+      continue;
+    const char *v;
+    int i = lwsi_engine_argv_find(e, argv, r->flag, &v);
+    if (i < 0 || (r->value != NULL && (v == NULL || strcmp(v, r->value) != 0)))
+      continue;
+    *row = r;
+    return i;
+  }
+  return -ENOENT;
 }
 
 /* A port as argparse would take it for an int option; 0 when it is not
@@ -132,7 +233,7 @@ int lwsi_engine_health_url(const struct lwsi_engine *e, bool leader, char *const
     return -ENOENT;
   unsigned port = e->health_port;
   const char *v;
-  if (e->health_port_flag != NULL && lwsi_engine_argv_find(argv, e->health_port_flag, &v) >= 0 &&
+  if (e->health_port_flag != NULL && lwsi_engine_argv_find(e, argv, e->health_port_flag, &v) >= 0 &&
       parse_port(v) != 0)
     port = parse_port(v);
   int n = snprintf(buf, buflen, "http://127.0.0.1:%u%s", port, e->health_path);

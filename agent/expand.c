@@ -1,7 +1,9 @@
 /* Placeholder expansion (contract, "Launching"): a placeholder is a brace,
  * a name of lowercase letters and underscores, a brace; "{{name}}" stands
  * for a literal "{name}"; every other brace passes through untouched, so
- * that JSON arguments survive. */
+ * that JSON arguments survive. A placeholder followed at once by ':' is a
+ * host before its port, and takes the value of the variable named with ':'
+ * appended when there is one (an IPv6 address in brackets). */
 #include "lwsinit/expand.h"
 
 #include <errno.h>
@@ -26,6 +28,19 @@ static const struct lwsi_expand_var *find_var(const char *name, size_t len,
 {
   for (size_t i = 0; i < nvars; i++)
     if (strlen(vars[i].name) == len && memcmp(vars[i].name, name, len) == 0)
+      return &vars[i];
+  return NULL;
+}
+
+/* The host form of the name: the variable named like it with ':'
+ * appended, or NULL. */
+static const struct lwsi_expand_var *find_host_var(const char *name, size_t len,
+                                                   const struct lwsi_expand_var *vars,
+                                                   size_t nvars)
+{
+  for (size_t i = 0; i < nvars; i++)
+    if (strlen(vars[i].name) == len + 1 && memcmp(vars[i].name, name, len) == 0 &&
+        vars[i].name[len] == ':')
       return &vars[i];
   return NULL;
 }
@@ -71,7 +86,12 @@ static int expand_pass(const char *arg, const struct lwsi_expand_var *vars, size
           return -ENODATA;
         }
         lit = v->value;
-        litlen = strlen(v->value);
+        if (arg[i + n + 2] == ':') {
+          const struct lwsi_expand_var *h = find_host_var(arg + i + 1, n, vars, nvars);
+          if (h != NULL && h->value != NULL)
+            lit = h->value;
+        }
+        litlen = strlen(lit);
         i += n + 2;
       }
     }

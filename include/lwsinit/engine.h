@@ -23,6 +23,15 @@ enum lwsi_preset {
   LWSI_PRESET_COUNT
 };
 
+/* A flag in COMMAND that contradicts a preset: a configuration error
+ * (contract, "Launching"). */
+struct lwsi_engine_refusal {
+  const char *flag;  /* its spellings, '|' between them: "--nnodes|-n" */
+  const char *value; /* refused with this value only; NULL: with any */
+  bool with_workers; /* only in a group with workers (size > 1) */
+  const char *why;   /* one clause, for the error line */
+};
+
 /* One engine. Every list is NULL-terminated and never NULL itself (an
  * empty list is { NULL }). Flags are written in the engine's own spelling;
  * their {name} placeholders are expanded like COMMAND's, plus {dp_size},
@@ -42,7 +51,12 @@ struct lwsi_engine {
   uint16_t health_port;         /* the engine's default HTTP port */
   const char *health_port_flag; /* the engine's flag that moves that port */
   bool health_on_workers;       /* ranks > 0 serve the health URL too */
-  const char *const *refused;   /* flags in COMMAND that contradict the preset */
+  /* The engine's parser takes '_' for '-' in a long flag's name
+   * (vLLM's FlexibleArgumentParser: --data_parallel_size_local). */
+  bool underscores;
+  /* The flags in COMMAND that contradict the preset, ended by a row
+   * whose flag is NULL. */
+  const struct lwsi_engine_refusal *refused;
 };
 
 /* The row of a preset, or NULL for a value outside the enum. */
@@ -51,23 +65,32 @@ const struct lwsi_engine *lwsi_engine_get(enum lwsi_preset id);
 /* The row named name (as --preset takes it), or NULL. */
 const struct lwsi_engine *lwsi_engine_find(const char *name);
 
-/* Finds the flag name in an engine's NULL-terminated argv as argparse
- * reads it: among argv[1..], before a "--" (after it everything is
- * positional), as "NAME VALUE" or "NAME=VALUE", the last one winning.
- * "NAME VALUE" takes the next argument whatever it is. Returns the index of
- * that argument and sets *value to its value, or to NULL when NAME ends
- * argv without one; -ENOENT when name is not there. argv may be NULL;
- * value may be NULL. */
-int lwsi_engine_argv_find(char *const *argv, const char *name, const char **value);
+/* Finds a flag in an engine's NULL-terminated argv as argparse reads it:
+ * among argv[1..], before a "--" (after it everything is positional), as
+ * "NAME VALUE" or "NAME=VALUE", the last one winning. spec holds the
+ * flag's spellings with '|' between them ("--data-parallel-size-local|-dpl");
+ * with e->underscores, a long flag written with '_' for '-' is the same
+ * flag (e may be NULL: exact spellings only). "NAME VALUE" takes the next
+ * argument whatever it is. Returns the index of that argument and sets
+ * *value to its value, or to NULL when NAME ends argv without one;
+ * -ENOENT when the flag is not there. argv may be NULL; value may be NULL. */
+int lwsi_engine_argv_find(const struct lwsi_engine *e, char *const *argv, const char *spec,
+                          const char **value);
+
+/* Whether name is one of spec's spellings ('|' between them), exactly. */
+bool lwsi_engine_spelling(const char *spec, const char *name);
 
 /* The data-parallel ranks on each node: given when not 0, else the value of
  * the engine's dp_local_flag in argv (1 to 4096). 0 when the engine has no
  * data-parallel rule or the number is not known. */
 unsigned lwsi_engine_dp_local(const struct lwsi_engine *e, unsigned given, char *const *argv);
 
-/* The first of the engine's refused flags that argv holds (as
- * lwsi_engine_argv_find finds it), or NULL. */
-const char *lwsi_engine_refused(const struct lwsi_engine *e, char *const *argv);
+/* The first argument of argv that one of the engine's refusals refuses in
+ * a group of size members (as lwsi_engine_argv_find finds the flag, with
+ * the refusal's value if it has one): returns its index and sets *row to
+ * that refusal; -ENOENT when argv contradicts nothing. */
+int lwsi_engine_refused(const struct lwsi_engine *e, unsigned size, char *const *argv,
+                        const struct lwsi_engine_refusal **row);
 
 /* The engine's health URL on this pod: http://127.0.0.1:PORT/PATH, PORT the
  * value of health_port_flag in the engine's expanded argv when it is a

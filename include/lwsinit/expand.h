@@ -5,6 +5,9 @@
 
 #include <stddef.h>
 
+/* A placeholder followed at once by ':' is a host before its port: a
+ * variable named like it with ':' appended ("leader_ip:"), when there is
+ * one, gives its value there (an IPv6 address in brackets). */
 struct lwsi_expand_var {
   const char *name;
   const char *value; /* NULL: known name, but no value in this setup */

@@ -74,6 +74,18 @@ static const struct bad_case bad_cases[] = {
   {{"--status-socket", "", "true"}, {NULL}, {"--status-socket", "empty"}},
   {{"--preset", "vllm-dp", "vllm", "serve"}, {NULL}, {"vllm-dp", "--dp-local"}},
   {{"--gpu-check", "nccl", "true"}, {"LWS_LEADER_ADDRESS=l", "LWS_GROUP_SIZE=2", "LWS_WORKER_INDEX=0"}, {"--gpu-check", "--gpus"}},
+  /* A COMMAND that contradicts its preset: one line naming the preset and
+   * the argument as written. */
+  {{"--preset", "vllm", "vllm", "serve", "m", "--distributed-executor-backend", "ray"}, {NULL}, {"--preset vllm", "argument 3 ('--distributed-executor-backend')", "Ray"}},
+  {{"--preset", "vllm", "vllm", "serve", "--distributed-executor-backend=ray"}, {NULL}, {"--preset vllm", "'--distributed-executor-backend=ray'"}},
+  {{"--preset", "vllm", "vllm", "serve", "--data-parallel-hybrid-lb"}, {"LWS_LEADER_ADDRESS=l", "LWS_GROUP_SIZE=2", "LWS_WORKER_INDEX=0"}, {"--preset vllm", "'--data-parallel-hybrid-lb'", "--headless"}},
+  {{"--preset", "vllm", "vllm", "serve", "-dph"}, {"LWS_LEADER_ADDRESS=l", "LWS_GROUP_SIZE=2", "LWS_WORKER_INDEX=1"}, {"--preset vllm", "'-dph'"}},
+  {{"--preset", "sglang", "python3", "--node-rank", "1"}, {NULL}, {"--preset sglang", "'--node-rank'", "appends it"}},
+  {{"--preset", "sglang", "python3", "--dist-init-addr=a:1"}, {NULL}, {"--preset sglang", "'--dist-init-addr=a:1'"}},
+  {{"--preset", "vllm", "vllm", "serve", "--nnodes", "2"}, {NULL}, {"--preset vllm", "'--nnodes'"}},
+  {{"--preset", "vllm", "vllm", "serve", "--node_rank=1"}, {NULL}, {"--preset vllm", "'--node_rank=1'"}},
+  {{"--preset", "vllm-dp", "vllm", "serve", "-dpl", "2", "--headless"}, {NULL}, {"--preset vllm-dp", "'--headless'"}},
+  {{"--preset", "vllm-dp", "--dp-local", "2", "vllm", "--data-parallel-rpc-port", "1"}, {NULL}, {"--preset vllm-dp", "'--data-parallel-rpc-port'"}},
 };
 
 static int parse(const char *const *args, const char *const *env, struct lwsi_config *cfg,
@@ -271,6 +283,17 @@ static void test_presets(void)
   }
   TAP_OK(strstr(buf, "--preset none|sglang|vllm|vllm-dp ") != NULL,
          "--help lists the presets");
+  /* What the presets leave to COMMAND. */
+  const char *ok1[] = {"--preset", "vllm", "vllm", "serve", "--data-parallel-hybrid-lb", NULL};
+  TAP_OK(parse(ok1, env, &cfg, err, sizeof(err)) == 0,
+         "vllm standalone: --data-parallel-hybrid-lb (no worker gets --headless) (%s)", err);
+  const char *ok2[] = {"--preset", "vllm", "vllm", "serve", "--distributed-executor-backend",
+                       "mp", NULL};
+  TAP_OK(parse(ok2, env, &cfg, err, sizeof(err)) == 0, "vllm: the mp executor (%s)", err);
+  const char *ok3[] = {"--preset", "vllm-dp", "vllm", "serve", "-dpl", "4", NULL};
+  TAP_OK(parse(ok3, env, &cfg, err, sizeof(err)) == 0 && lwsi_engine_dp_local(
+             lwsi_engine_get(cfg.preset), cfg.dp_local, cfg.argv) == 4,
+         "vllm-dp: -dpl 4 gives the size per node (%s)", err);
 }
 
 int main(void)

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tap.h"
 
@@ -56,6 +57,22 @@ int main(void)
   expect("{{{rank}}}", "{{rank}}");
   expect("{\"a\":{rank}}", "{\"a\":2}");
   expect("${HOME}", "${HOME}");
+  /* The host form: a placeholder followed at once by ':' takes the value
+   * of the name with ':' appended, when the caller gives one. */
+  static const struct lwsi_expand_var v6[] = {{"leader_ip", "fd00::5"}, {"leader_ip:", "[fd00::5]"},
+                                              {"dist_port", "20000"}};
+  const char *v6_in[] = {"{leader_ip}:{dist_port}", "{leader_ip}", "{leader_ip}.x:1",
+                         "{{leader_ip}}:1", "a{leader_ip}:"};
+  const char *v6_want[] = {"[fd00::5]:20000", "fd00::5", "fd00::5.x:1", "{leader_ip}:1",
+                           "a[fd00::5]:"};
+  for (size_t i = 0; i < sizeof(v6_in) / sizeof(v6_in[0]); i++) {
+    char *out = NULL;
+    TAP_OK(lwsi_expand_arg(v6_in[i], v6, 3, &out, NULL, 0) == 0 && out != NULL &&
+               strcmp(out, v6_want[i]) == 0,
+           "host form: '%s' is '%s' (%s)", v6_in[i], v6_want[i], out ? out : "?");
+    free(out);
+  }
+  expect("{dist_port}:{leader_ip}:", "20000:10.0.0.7:");
   expect_err("{foo}", -ENOENT, "foo");
   expect_err("x{leader}{nodes_total}", -ENOENT, "nodes_total");
   expect_err("{_}", -ENOENT, "_");
