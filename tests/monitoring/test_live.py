@@ -78,9 +78,18 @@ def t_metrics_of_a_group(t):
     env = {"LWSINIT_CUDART": FAKEGPU, "LWSINIT_NCCL": FAKEGPU, "FAKEGPU_DEVICES": "2",
            "LWSINIT_GPUCHECK": GPUCHECK}
     engine = ["sh", "-c", ENGINE, lt.TESTCHILD, str(port), g.base]
-    for r in range(2):
+    def start(r):
         g.start(r, leader=g.ip(0), env=env, engine=engine,
                 opts=["--upstream", "http://%s:%d/health" % (g.ip(r), port)])
+
+    # The leader alone first: its output while it waits (no heartbeats, no
+    # GPU check, no upstream yet) is linted too.
+    start(0)
+    lt.wait_for(lambda: g.get(0, "/livez")[0] == 200, 10, "the leader's /livez")
+    waiting = scrape(g, 0)
+    lint(t, waiting, "the waiting leader")
+    t.ok("lwsinit_phase{phase=\"joining\"} 1" in waiting, "the waiting leader is joining")
+    start(1)
     g.wait_ready(timeout=30)
 
     scraped = {}
