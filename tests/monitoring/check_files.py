@@ -3,7 +3,7 @@
 test_live.py for that): the rules file passes `promtool check rules`, the
 PrometheusRule is what gen-prometheusrule.py makes of rules.yaml, the
 PodMonitor scrapes a port that every lwsinit container of container/lws/
-names, the dashboard is a well-formed Grafana dashboard whose every panel
+names, every metric used is documented, the dashboard is a well-formed Grafana dashboard whose every panel
 queries something, the kustomization lists files that exist, and the
 PromQL parser the other checks rely on finds what it should.
 
@@ -12,6 +12,7 @@ promtool is missing its checks SKIP, except under CI (CI set), where they
 fail."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,23 @@ def t_kustomization():
            "missing: %r" % missing)
 
 
+def t_documented():
+    """Every metric the rules and the dashboard use is in the metrics table
+    of docs/operations.md, which operators read to understand an alert."""
+    with open(os.path.join(promql.REPO, "docs", "operations.md")) as f:
+        doc = f.read()
+    table = set()
+    for line in doc.splitlines():
+        m = re.match(r"\| `(lwsinit_[a-z0-9_]+)` \|", line)
+        if m:
+            table.add(m.group(1))
+    used = set()
+    for _, expr in promql.expressions():
+        used |= promql.metric_names(expr)
+    result(used and used <= table, "the %d metrics used are in docs/operations.md's table"
+           % len(used), "not documented: %s" % ", ".join(sorted(used - table)))
+
+
 def t_parser():
     """The parser that test_live.py trusts: names, not functions, labels,
     keywords, numbers, durations or Grafana variables."""
@@ -205,7 +223,7 @@ def t_parser():
 
 def main():
     tests = [t_promtool_check_rules, t_promtool_test_rules, t_prometheusrule_agrees,
-             t_podmonitor, t_dashboard, t_kustomization, t_parser]
+             t_podmonitor, t_dashboard, t_kustomization, t_documented, t_parser]
     print("1..%d" % len(tests))
     for t in tests:
         try:
