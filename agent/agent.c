@@ -665,14 +665,8 @@ static void node_result(struct lwsi_agent *a, uint32_t rank, bool ok, const char
   a->node_seen[rank] = 1;
   a->node_reports++;
   if (!ok) {
-    struct lwsi_rdzv_member m;
-    char pod[300] = "";
-    if (lwsi_rdzv_member(&a->rdzv, rank, &m) == 0 && m.pod[0] != '\0')
-      lwsi_text_printf(pod, sizeof(pod), " (pod %s)", m.pod);
-    size_t o = strlen(a->node_group_fail);
-    lwsi_text_printf(a->node_group_fail + o, sizeof(a->node_group_fail) - o, "%srank %u%s: %s",
-                     a->node_failed ? "; " : "", rank, pod, failure);
     a->node_failed++;
+    a->node_failures[rank] = strdup(failure);
   }
   if (a->node_reports < a->cfg->size)
     return;
@@ -682,9 +676,21 @@ static void node_result(struct lwsi_agent *a, uint32_t rank, bool ok, const char
     start_check(a);
     return;
   }
-  char why[2400];
-  lwsi_text_printf(why, sizeof(why), "the node check failed on %u of %u members: %s",
-                   a->node_failed, a->cfg->size, a->node_group_fail);
+  /* One line, by rank, with each member's pod (the name kubectl shows). */
+  char why[2200];
+  size_t o = (size_t)snprintf(why, sizeof(why), "the node check failed on %u of %u members: ",
+                              a->node_failed, a->cfg->size);
+  for (uint32_t r = 0, n = 0; r < a->cfg->size && o < sizeof(why); r++) {
+    if (!a->node_seen[r] || a->node_failures[r] == NULL)
+      continue;
+    struct lwsi_rdzv_member m;
+    char pod[300] = "";
+    if (lwsi_rdzv_member(&a->rdzv, r, &m) == 0 && m.pod[0] != '\0')
+      lwsi_text_printf(pod, sizeof(pod), " (pod %s)", m.pod);
+    lwsi_text_printf(why + o, sizeof(why) - o, "%srank %u%s: %s", n++ ? "; " : "", r, pod,
+                     a->node_failures[r][0] ? a->node_failures[r] : "failed");
+    o += strlen(why + o);
+  }
   node_verdict(a, false, why);
   finish(a, LWSI_EXIT_GPU, why);
 }
@@ -699,7 +705,8 @@ static void node_exchange(struct lwsi_agent *a)
   bool ok = a->node_fail[0] == '\0';
   if (cfg->rank == 0) {
     a->node_seen = calloc(cfg->size, 1);
-    if (a->node_seen == NULL) {
+    a->node_failures = calloc(cfg->size, sizeof(*a->node_failures));
+    if (a->node_seen == NULL || a->node_failures == NULL) {
       finish(a, 1, "cannot gather the node checks: out of memory");
       return;
     }
@@ -1339,6 +1346,9 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
     uv_close((uv_handle_t *)&a->gpu_deadline, NULL);
   free(a->gpu_seen);
   free(a->node_seen);
+  for (uint32_t r = 0; a->node_failures != NULL && r < cfg->size; r++)
+    free(a->node_failures[r]);
+  free(a->node_failures);
   lwsi_http_close(&a->http);
   lwsi_status_sock_close(&a->status_sock);
   lwsi_supervisor_close(&a->sup);

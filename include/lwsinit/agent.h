@@ -71,9 +71,9 @@ struct lwsi_agent {
   bool node_ran, node_verdict_ok;
   char node_fail[1024];
   uint8_t *node_seen;      /* leader: which ranks reported */
+  char **node_failures;    /* leader: each failed rank's checks, by rank */
   uint32_t node_reports;   /* leader: how many */
   uint32_t node_failed;    /* leader: how many failed */
-  char node_group_fail[2048];
   struct lwsi_netenv netenv;
 
   enum lwsi_phase phase;
