@@ -44,28 +44,6 @@ bool lwsi_netenv_gid_is_ipv4(const uint8_t gid[16], struct in_addr addr)
   return memcmp(gid, prefix, 12) == 0 && memcmp(gid + 12, &addr.s_addr, 4) == 0;
 }
 
-static int read_small(const char *path, char *buf, size_t len)
-{
-  int fd;
-  do
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0)
-    return -errno;
-  ssize_t n;
-  do
-    n = read(fd, buf, len - 1);
-  while (n < 0 && errno == EINTR);
-  int e = errno;
-  close(fd);
-  if (n < 0)
-    return -e;
-  buf[n] = '\0';
-  while (n > 0 && buf[n - 1] == '\n')
-    buf[--n] = '\0';
-  return (int)n;
-}
-
 /* The GID tables are at most a few hundred entries (the port's
  * gid_tbl_len); unused entries read as all zeros, or fail with EINVAL
  * (their type file). */
@@ -77,7 +55,7 @@ int lwsi_netenv_gid_index(const char *root, const char *dev, unsigned port, stru
   for (int i = 0; i < GID_TABLE_MAX; i++) {
     lwsi_text_printf(path, sizeof(path), "%s/sys/class/infiniband/%s/ports/%u/gids/%d", root, dev,
                      port, i);
-    int n = read_small(path, text, sizeof(text));
+    int n = lwsi_nodecheck_read_file(path, text, sizeof(text));
     if (n == -ENOENT)
       break;
     uint8_t gid[16];
@@ -87,7 +65,7 @@ int lwsi_netenv_gid_index(const char *root, const char *dev, unsigned port, stru
                      "%s/sys/class/infiniband/%s/ports/%u/gid_attrs/types/%d", root, dev, port, i);
     /* "RoCE v2" is the type of a GID usable over UDP/IP; "IB/RoCE v1"
      * is link-local Ethernet, which NCCL cannot route between subnets. */
-    if (read_small(path, text, sizeof(text)) > 0 && strcmp(text, "RoCE v2") == 0)
+    if (lwsi_nodecheck_read_file(path, text, sizeof(text)) > 0 && strcmp(text, "RoCE v2") == 0)
       return i;
   }
   return -ENOENT;

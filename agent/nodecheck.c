@@ -31,9 +31,7 @@ const char *lwsi_nodecheck_state_name(enum lwsi_nodecheck_state s)
   return "ok";
 }
 
-/* Reads a small sysfs or procfs file into buf, without its trailing
- * newline. Returns the length or a negative errno. */
-static int read_small(const char *path, char *buf, size_t len)
+int lwsi_nodecheck_read_file(const char *path, char *buf, size_t len)
 {
   int fd;
   do
@@ -130,11 +128,11 @@ static void scan_ports(const char *root, const char *dev, struct lwsi_nodecheck_
     p->port = (unsigned)strtoul(e->d_name, NULL, 10);
     char file[600], text[128];
     lwsi_text_printf(file, sizeof(file), "%s/%s/state", path, e->d_name);
-    p->state = read_small(file, text, sizeof(text)) > 0 ? lwsi_nodecheck_port_state(text) : -1;
+    p->state = lwsi_nodecheck_read_file(file, text, sizeof(text)) > 0 ? lwsi_nodecheck_port_state(text) : -1;
     lwsi_text_printf(file, sizeof(file), "%s/%s/link_layer", path, e->d_name);
-    p->ethernet = read_small(file, text, sizeof(text)) > 0 && strcmp(text, "Ethernet") == 0;
+    p->ethernet = lwsi_nodecheck_read_file(file, text, sizeof(text)) > 0 && strcmp(text, "Ethernet") == 0;
     lwsi_text_printf(file, sizeof(file), "%s/%s/rate", path, e->d_name);
-    if (read_small(file, text, sizeof(text)) > 0)
+    if (lwsi_nodecheck_read_file(file, text, sizeof(text)) > 0)
       lwsi_text_copy(p->rate, sizeof(p->rate), text);
     if (p->state == LWSI_NODECHECK_PORT_ACTIVE)
       out->active++;

@@ -56,6 +56,10 @@ struct lwsi_nodecheck {
   unsigned warnings, failures;
 };
 
+/* Reads a small sysfs file (one read) into buf of len bytes, without its
+ * trailing newline and spaces. Returns the length or a negative errno. */
+int lwsi_nodecheck_read_file(const char *path, char *buf, size_t len);
+
 /* The port state number of sysfs's "4: ACTIVE" text (ib_port_state: 4 is
  * IB_PORT_ACTIVE), or -EINVAL. */
 #define LWSI_NODECHECK_PORT_ACTIVE 4
