@@ -184,6 +184,39 @@ int lwsi_agent_spawn_error(char *buf, size_t len, const char *prog, int err, boo
   return code;
 }
 
+/* ---- the network environment (contract, "Node check and network
+ * environment") ---------------------------------------------------- */
+
+/* Works out the engine's NCCL and Gloo variables (--network-env auto) and
+ * gives, in *out, env with those the agent sets (free() the array). */
+static int network_env(struct lwsi_agent *a, char **env, char ***out)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  if (cfg->network_env == LWSI_NETWORK_ENV_OFF)
+    return lwsi_netenv_env(env, &a->netenv, out);
+  const struct lwsi_netenv_input in = {
+    .root = "",
+    .envp = a->envp,
+    .standalone = cfg->standalone,
+    .is_leader = is_leader(a),
+    .leader_ip = a->leader_ip,
+    /* The leader's leader_ip is where its workers reached it (on_released). */
+    .leader_addr = a->leader_ip,
+    .rdma = &a->rdma,
+  };
+  lwsi_netenv_compute(&a->netenv, &in);
+  for (size_t i = 0; i < a->netenv.n; i++) {
+    const struct lwsi_netenv_var *v = &a->netenv.vars[i];
+    if (v->set)
+      lwsi_log_info("network: %s=%s for the engine (%s)", v->name, v->value, v->reason);
+    else if (v->kept)
+      lwsi_log_info("network: %s=%s kept: set by the user", v->name, v->value);
+    else
+      lwsi_log_debug("network: %s not set: %s", v->name, v->reason);
+  }
+  return lwsi_netenv_env(env, &a->netenv, out);
+}
+
 static void launch(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -209,7 +242,18 @@ static void launch(struct lwsi_agent *a)
     finish(a, 1, why);
     return;
   }
-  rc = lwsi_supervisor_spawn(&a->sup, argv, env);
+  char **full = NULL;
+  rc = network_env(a, env, &full);
+  if (rc < 0) {
+    char why[256];
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
+    lwsi_expand_free(argv);
+    lwsi_launcher_env_free(env);
+    finish(a, 1, why);
+    return;
+  }
+  rc = lwsi_supervisor_spawn(&a->sup, argv, full);
+  free(full);
   if (rc == 0) {
     lwsi_log_info("started the engine '%s' as pid %d (rank %u of %u)", argv[0],
                   (int)a->sup.child, cfg->rank, cfg->size);
@@ -563,6 +607,156 @@ static void start_check(struct lwsi_agent *a)
   }
 }
 
+/* ---- the node check (contract, "Node check and network environment") */
+
+/* Runs the node check before joining; logs each warning and failure.
+ * Returns false when the agent must stop here: a standalone agent whose
+ * node fails. A member of a group joins anyway and reports its failure
+ * after release (node_exchange), so that the leader can name every failed
+ * member in one line instead of waiting for one that never comes. */
+static bool node_check(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  if (cfg->node_check != LWSI_NODE_CHECK_OFF || cfg->network_env == LWSI_NETWORK_ENV_AUTO) {
+    int rc = lwsi_nodecheck_rdma_scan("", &a->rdma);
+    if (rc < 0)
+      lwsi_log_warn("cannot read the RDMA devices in /sys/class/infiniband: %s", strerror(-rc));
+  }
+  if (cfg->node_check == LWSI_NODE_CHECK_OFF)
+    return true;
+  lwsi_nodecheck_run(&a->node, "", cfg->gpus, &a->rdma, cfg->node_check == LWSI_NODE_CHECK_FAIL);
+  a->node_ran = true;
+  for (size_t i = 0; i < a->node.n; i++) {
+    const struct lwsi_nodecheck_item *it = &a->node.items[i];
+    if (it->state == LWSI_NODECHECK_WARN)
+      lwsi_log_warn("node check %s: %s; fix: %s", it->name, it->found, it->fix);
+    else if (it->state == LWSI_NODECHECK_FAIL && !cfg->standalone)
+      /* Standalone, the failure's one line below says it all. */
+      lwsi_log_warn("node check %s failed: %s; fix: %s", it->name, it->found, it->fix);
+    else
+      lwsi_log_debug("node check %s: %s", it->name, it->found);
+  }
+  if (a->node.failures == 0) {
+    lwsi_log_info("node check passed (%u warning%s)", a->node.warnings,
+                  a->node.warnings == 1 ? "" : "s");
+    return true;
+  }
+  lwsi_nodecheck_failures(&a->node, a->node_fail, sizeof(a->node_fail));
+  if (cfg->standalone) {
+    char why[1200];
+    lwsi_text_printf(why, sizeof(why), "the node check failed: %s", a->node_fail);
+    finish(a, LWSI_EXIT_GPU, why);
+    return false;
+  }
+  lwsi_log_info("joining the group to report the failed node check to the leader");
+  return true;
+}
+
+static void node_verdict(struct lwsi_agent *a, bool ok, const char *reason)
+{
+  char data[2300];
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", ok);
+  cJSON_AddStringToObject(o, "reason", reason);
+  if (cJSON_PrintPreallocated(o, data, sizeof(data), 0) && a->cfg->size > 1)
+    lwsi_rdzv_app_broadcast(&a->rdzv, "node_verdict", data);
+  cJSON_Delete(o);
+}
+
+/* The leader's view of one member's node check; once every member has
+ * reported, the group launches, or fails with one line naming every failed
+ * member and check. */
+static void node_result(struct lwsi_agent *a, uint32_t rank, bool ok, const char *failure)
+{
+  if (rank >= a->cfg->size || a->node_seen == NULL || a->node_seen[rank])
+    return;
+  a->node_seen[rank] = 1;
+  a->node_reports++;
+  if (!ok) {
+    a->node_failed++;
+    a->node_failures[rank] = strdup(failure);
+  }
+  if (a->node_reports < a->cfg->size)
+    return;
+  if (a->node_failed == 0) {
+    node_verdict(a, true, "passed");
+    a->node_verdict_ok = true;
+    start_check(a);
+    return;
+  }
+  /* One line, by rank, with each member's pod (the name kubectl shows). */
+  char why[2200];
+  size_t o = (size_t)snprintf(why, sizeof(why), "the node check failed on %u of %u members: ",
+                              a->node_failed, a->cfg->size);
+  for (uint32_t r = 0, n = 0; r < a->cfg->size && o < sizeof(why); r++) {
+    if (!a->node_seen[r] || a->node_failures[r] == NULL)
+      continue;
+    struct lwsi_rdzv_member m;
+    char pod[300] = "";
+    if (lwsi_rdzv_member(&a->rdzv, r, &m) == 0 && m.pod[0] != '\0')
+      lwsi_text_printf(pod, sizeof(pod), " (pod %s)", m.pod);
+    lwsi_text_printf(why + o, sizeof(why) - o, "%srank %u%s: %s", n++ ? "; " : "", r, pod,
+                     a->node_failures[r][0] ? a->node_failures[r] : "failed");
+    o += strlen(why + o);
+  }
+  node_verdict(a, false, why);
+  finish(a, LWSI_EXIT_GPU, why);
+}
+
+/* After release, before the GPU check: every member tells the leader how
+ * its node check went (also with --node-check off or warn, so that a
+ * leader never waits for a report that will not come), and launches only
+ * on the leader's verdict. */
+static void node_exchange(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  bool ok = a->node_fail[0] == '\0';
+  if (cfg->rank == 0) {
+    a->node_seen = calloc(cfg->size, 1);
+    a->node_failures = calloc(cfg->size, sizeof(*a->node_failures));
+    if (a->node_seen == NULL || a->node_failures == NULL) {
+      finish(a, 1, "cannot gather the node checks: out of memory");
+      return;
+    }
+    node_result(a, 0, ok, a->node_fail);
+    return;
+  }
+  char data[1200];
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", ok);
+  cJSON_AddStringToObject(o, "failure", a->node_fail);
+  if (cJSON_PrintPreallocated(o, data, sizeof(data), 0))
+    lwsi_rdzv_app_send(&a->rdzv, "node_check", data);
+  cJSON_Delete(o);
+}
+
+/* The node check's messages after release; true when ev was one. */
+static bool node_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  bool report = strcmp(ev->kind, "node_check") == 0;
+  bool verdict = strcmp(ev->kind, "node_verdict") == 0;
+  if (!report && !verdict)
+    return false;
+  cJSON *o = cJSON_Parse(ev->data);
+  bool ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "ok"));
+  if (report && a->cfg->rank == 0 && ev->rank > 0) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, "failure");
+    node_result(a, (uint32_t)ev->rank, ok,
+                cJSON_IsString(f) ? f->valuestring : "a report the leader cannot read");
+  } else if (verdict && a->cfg->rank > 0 && !a->node_verdict_ok && !a->done) {
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "reason");
+    if (ok) {
+      a->node_verdict_ok = true;
+      start_check(a);
+    } else {
+      finish(a, LWSI_EXIT_GPU,
+             cJSON_IsString(r) ? r->valuestring : "the node check failed on another member");
+    }
+  }
+  cJSON_Delete(o);
+  return true;
+}
+
 /* After release: the checks before launch, then the engine. */
 static void on_released(struct lwsi_agent *a)
 {
@@ -581,7 +775,7 @@ static void on_released(struct lwsi_agent *a)
   }
   lwsi_log_info("the group of %u formed in %.3f s; launching with leader %s", a->cfg->size,
                 (double)(uv_now(&a->loop) - a->started_ms) / 1000.0, a->leader_ip);
-  start_check(a);
+  node_exchange(a);
 }
 
 static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
@@ -660,7 +854,8 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     on_member_lost(a, ev);
     return;
   case LWSI_RDZV_EV_APP:
-    on_check_message(a, ev);
+    if (!node_message(a, ev))
+      on_check_message(a, ev);
     return;
   }
 }
@@ -904,6 +1099,32 @@ _Static_assert(LWSI_PHASE_COUNT <= LWSI_STATUS_MAX_PHASES, "a phase the snapshot
 _Static_assert(LWSI_UPSTREAM_OUTCOME_COUNT - 1 <= LWSI_STATUS_MAX_OUTCOMES,
                "an upstream outcome the snapshot cannot hold");
 
+_Static_assert(LWSI_NODECHECK_MAX <= LWSI_STATUS_MAX_NODE_CHECKS, "a check the snapshot cannot hold");
+_Static_assert(LWSI_NETENV_VARS <= LWSI_STATUS_MAX_NETENV, "a variable the snapshot cannot hold");
+
+/* The node check's and the network environment's part of the snapshot. */
+static void status_node(const struct lwsi_agent *a, struct lwsi_status_snapshot *s)
+{
+  s->node.mode = lwsi_config_node_check_name(a->cfg->node_check);
+  s->node.ran = a->node_ran;
+  s->node.warnings = a->node.warnings;
+  s->node.failures = a->node.failures;
+  for (size_t i = 0; i < a->node.n; i++) {
+    const struct lwsi_nodecheck_item *it = &a->node.items[i];
+    s->node.items[s->node.nitems++] = (struct lwsi_status_node_item){
+      .name = it->name, .state = lwsi_nodecheck_state_name(it->state), .found = it->found,
+      .fix = it->fix};
+  }
+  s->netenv.mode = lwsi_config_network_env_name(a->cfg->network_env);
+  s->netenv.computed = a->netenv.computed;
+  for (size_t i = 0; i < a->netenv.n; i++) {
+    const struct lwsi_netenv_var *v = &a->netenv.vars[i];
+    s->netenv.vars[s->netenv.nvars++] = (struct lwsi_status_netenv_var){
+      .name = v->name, .value = v->set || v->kept ? v->value : NULL, .reason = v->reason,
+      .kept = v->kept};
+  }
+}
+
 /* Fills the snapshot that status.c renders. members has room for a row per
  * rank when there is a group (status_rows). The member rows and the count
  * of live members both come from the rendezvous, once each. */
@@ -992,6 +1213,7 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
   s->gpu.time_ms = a->gpu.time_ms;
   s->gpu.busbw_gbps = a->gpu.busbw_gbps;
   s->gpu.error = a->gpu.error;
+  status_node(a, s);
   s->last_error = a->last_error;
 }
 
@@ -1079,6 +1301,8 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
     finish(a, 1, why);
     return;
   }
+  if (!node_check(a))
+    return;
   if (cfg->standalone) {
     snprintf(a->leader_ip, sizeof(a->leader_ip), "127.0.0.1");
     start_check(a);
@@ -1129,6 +1353,10 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   if (a->gpu_timer_on)
     uv_close((uv_handle_t *)&a->gpu_deadline, NULL);
   free(a->gpu_seen);
+  free(a->node_seen);
+  for (uint32_t r = 0; a->node_failures != NULL && r < cfg->size; r++)
+    free(a->node_failures[r]);
+  free(a->node_failures);
   lwsi_http_close(&a->http);
   lwsi_status_sock_close(&a->status_sock);
   lwsi_supervisor_close(&a->sup);

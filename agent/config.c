@@ -54,6 +54,8 @@ static const char *const peer_loss_choices[] = {"exit", "stay", NULL};
 static const char *const readiness_choices[] = {"serving", "group", "listening", NULL};
 static const char *const gpu_check_choices[] = {"none", "cuda", "nccl", NULL};
 static const char *const log_format_choices[] = {"text", "json", NULL};
+static const char *const node_check_choices[] = {"off", "warn", "fail", NULL};
+static const char *const network_env_choices[] = {"auto", "off", NULL};
 static const char *const log_level_choices[] = {"debug", "info", "warn", "error", NULL};
 
 enum {
@@ -61,7 +63,7 @@ enum {
   O_DNS_TIMEOUT, O_RDZV_TIMEOUT, O_HEARTBEAT, O_PEER_TIMEOUT, O_ON_PEER_LOSS, O_PRESET,
   O_DIST_PORT, O_DP_LOCAL, O_UPSTREAM, O_UPSTREAM_INTERVAL, O_UPSTREAM_TIMEOUT, O_READINESS,
   O_GRACE, O_DRAIN_DELAY, O_GPU_CHECK, O_GPUS, O_GPU_CHECK_TIMEOUT, O_GPU_CHECK_BYTES,
-  O_GPU_MIN_BUSBW, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG, O_LOG_FORMAT, O_LOG_LEVEL,
+  O_GPU_MIN_BUSBW, O_NODE_CHECK, O_NETWORK_ENV, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG, O_LOG_FORMAT, O_LOG_LEVEL,
   O_COUNT
 };
 
@@ -121,6 +123,12 @@ static const struct opt opts[O_COUNT] = {
                          1ull << 40, NULL, "67108864", NULL, "all-reduce size in bytes"},
   [O_GPU_MIN_BUSBW] = {"gpu-min-busbw", "GBPS", T_GBPS, F(gpu_min_busbw), 0, 0, NULL, "0", NULL,
                        "fail below this all-reduce bus bandwidth (0: no floor)"},
+  [O_NODE_CHECK] = {"node-check", "off|warn|fail", T_ENUM, F(node_check), 0, 0,
+                    node_check_choices, "fail", NULL,
+                    "check /dev/shm, GPU and RDMA devices, memlock before joining"},
+  [O_NETWORK_ENV] = {"network-env", "auto|off", T_ENUM, F(network_env), 0, 0,
+                     network_env_choices, "auto", NULL,
+                     "set NCCL's interface and RDMA variables the user left unset"},
   [O_TOKEN_FILE] = {"token-file", "PATH", T_STR, F(token_file), 0, 0, NULL, NULL, NULL,
                     "shared secret; members without it cannot join"},
   [O_REVISION] = {"revision", "STR", T_STR, F(revision), 0, 0, NULL, NULL, NULL,
@@ -434,6 +442,18 @@ const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode)
   if ((size_t)mode >= n)
     return "?";
   return gpu_check_choices[mode];
+}
+
+const char *lwsi_config_node_check_name(enum lwsi_node_check mode)
+{
+  size_t n = sizeof(node_check_choices) / sizeof(node_check_choices[0]) - 1;
+  return (size_t)mode < n ? node_check_choices[mode] : "?";
+}
+
+const char *lwsi_config_network_env_name(enum lwsi_network_env mode)
+{
+  size_t n = sizeof(network_env_choices) / sizeof(network_env_choices[0]) - 1;
+  return (size_t)mode < n ? network_env_choices[mode] : "?";
 }
 
 bool lwsi_config_dist_port(const struct lwsi_config *cfg, uint16_t *port)

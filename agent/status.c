@@ -133,6 +133,65 @@ static void add_gpu_check(const struct lwsi_status_snapshot *s, cJSON *doc)
     cJSON_AddStringToObject(g, "error", s->gpu.error);
 }
 
+/* The node check: every check with what it found and, when not ok, the
+ * fix. */
+static void add_node_check(const struct lwsi_status_snapshot *s, cJSON *doc)
+{
+  if (s->node.mode == NULL)
+    return;
+  cJSON *n = cJSON_AddObjectToObject(doc, "node_check");
+  if (n == NULL)
+    return;
+  cJSON_AddStringToObject(n, "mode", s->node.mode);
+  if (s->node.ran)
+    cJSON_AddBoolToObject(n, "passed", s->node.failures == 0);
+  else
+    cJSON_AddNullToObject(n, "passed");
+  cJSON_AddNumberToObject(n, "warnings", s->node.warnings);
+  cJSON_AddNumberToObject(n, "failures", s->node.failures);
+  cJSON *arr = cJSON_AddArrayToObject(n, "checks");
+  for (size_t i = 0; arr != NULL && i < s->node.nitems; i++) {
+    const struct lwsi_status_node_item *it = &s->node.items[i];
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
+      cJSON_Delete(o);
+      return;
+    }
+    cJSON_AddStringToObject(o, "name", it->name);
+    cJSON_AddStringToObject(o, "state", it->state);
+    cJSON_AddStringToObject(o, "found", it->found);
+    if (it->fix[0] != '\0')
+      cJSON_AddStringToObject(o, "fix", it->fix);
+    else
+      cJSON_AddNullToObject(o, "fix");
+  }
+}
+
+/* The engine's network environment: each variable, its value (null: not
+ * set) and why. */
+static void add_netenv(const struct lwsi_status_snapshot *s, cJSON *doc)
+{
+  if (s->netenv.mode == NULL)
+    return;
+  cJSON *n = cJSON_AddObjectToObject(doc, "network_env");
+  if (n == NULL)
+    return;
+  cJSON_AddStringToObject(n, "mode", s->netenv.mode);
+  cJSON_AddBoolToObject(n, "computed", s->netenv.computed);
+  cJSON *vars = cJSON_AddObjectToObject(n, "variables");
+  for (size_t i = 0; vars != NULL && i < s->netenv.nvars; i++) {
+    const struct lwsi_status_netenv_var *v = &s->netenv.vars[i];
+    cJSON *o = cJSON_AddObjectToObject(vars, v->name);
+    if (o == NULL)
+      return;
+    if (v->value != NULL)
+      cJSON_AddStringToObject(o, "value", v->value);
+    else
+      cJSON_AddNullToObject(o, "value");
+    cJSON_AddStringToObject(o, "reason", v->reason);
+  }
+}
+
 cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
 {
   cJSON *doc = cJSON_CreateObject();
@@ -183,6 +242,8 @@ cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
     }
   }
   add_gpu_check(s, doc);
+  add_node_check(s, doc);
+  add_netenv(s, doc);
   if (s->rank == 0 && s->has_group)
     add_members(s, doc);
   if (s->last_error[0] != '\0')
@@ -222,6 +283,48 @@ static double num_of(const cJSON *o, const char *key, double def)
 {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+/* The "node" line (the node check: its verdict and each check not ok) and
+ * the "netenv" line (what the agent set, what the user kept). */
+static void print_node(FILE *out, const cJSON *doc)
+{
+  const cJSON *nc = cJSON_GetObjectItemCaseSensitive(doc, "node_check");
+  if (cJSON_IsObject(nc)) {
+    const cJSON *passed = cJSON_GetObjectItemCaseSensitive(nc, "passed");
+    fprintf(out, "node     check %s: %s", str_of(nc, "mode", "?"),
+            cJSON_IsNull(passed) ? "not run" : (cJSON_IsTrue(passed) ? "passed" : "failed"));
+    double w = num_of(nc, "warnings", 0);
+    if (w > 0)
+      fprintf(out, ", %.0f warning%s", w, w == 1 ? "" : "s");
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(nc, "checks"))
+    {
+      if (strcmp(str_of(c, "state", "ok"), "ok") != 0)
+        fprintf(out, "; %s %s: %s", str_of(c, "name", "?"), str_of(c, "state", "?"),
+                str_of(c, "found", ""));
+    }
+    fprintf(out, "\n");
+  }
+  const cJSON *ne = cJSON_GetObjectItemCaseSensitive(doc, "network_env");
+  if (cJSON_IsObject(ne)) {
+    fprintf(out, "netenv   %s", str_of(ne, "mode", "?"));
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ne, "computed"))) {
+      fprintf(out, ", nothing set yet\n");
+      return;
+    }
+    int shown = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(ne, "variables"))
+    {
+      const char *value = str_of(v, "value", NULL);
+      if (value == NULL)
+        continue;
+      bool kept = strcmp(str_of(v, "reason", ""), "kept: set by the user") == 0;
+      fprintf(out, "%s %s=%s%s", shown++ ? "," : ":", v->string, value, kept ? " (user's)" : "");
+    }
+    fprintf(out, "%s\n", shown ? "" : ", nothing set");
+  }
 }
 
 int lwsi_status_print(FILE *out, const char *json)
@@ -270,6 +373,7 @@ int lwsi_status_print(FILE *out, const char *json)
       fprintf(out, " (%s)", str_of(gc, "error", ""));
     fprintf(out, "\n");
   }
+  print_node(out, doc);
   const cJSON *members = cJSON_GetObjectItemCaseSensitive(doc, "members");
   if (cJSON_IsArray(members)) {
     fprintf(out, "members  %-5s %-22s %-8s %-10s %-10s %s\n", "rank", "address", "alive",
@@ -383,6 +487,22 @@ int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b
       lwsi_metrics_gauge(b, "lwsinit_gpu_check_busbw_bytes_per_second",
                          "NCCL all-reduce bus bandwidth measured by the check.",
                          s->gpu.busbw_gbps * 1e9);
+  }
+  if (s->node.ran) {
+    lwsi_metrics_gauge(b, "lwsinit_node_check_passed",
+                       "1 when no check of the node check failed, 0 otherwise.",
+                       s->node.failures == 0);
+    lwsi_metrics_gauge(b, "lwsinit_node_check_warnings", "Checks of the node check that warned.",
+                       s->node.warnings);
+    lwsi_metrics_gauge(b, "lwsinit_node_check_failures", "Checks of the node check that failed.",
+                       s->node.failures);
+  }
+  if (s->netenv.computed) {
+    unsigned set = 0;
+    for (size_t i = 0; i < s->netenv.nvars; i++)
+      set += s->netenv.vars[i].value != NULL && !s->netenv.vars[i].kept;
+    lwsi_metrics_gauge(b, "lwsinit_network_env_set",
+                       "Network variables the agent set for the engine.", set);
   }
   if (s->upstream.enabled) {
     if (s->upstream.known) {

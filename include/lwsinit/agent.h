@@ -10,6 +10,8 @@
 #include "lwsinit/config.h"
 #include "lwsinit/gpurun.h"
 #include "lwsinit/http.h"
+#include "lwsinit/netenv.h"
+#include "lwsinit/nodecheck.h"
 #include "lwsinit/rdzv.h"
 #include "lwsinit/resolver.h"
 #include "lwsinit/status_sock.h"
@@ -60,6 +62,19 @@ struct lwsi_agent {
   uint32_t gpu_model_rank;
   char upstream_url[1024];
   char upstream_err[256];
+
+  /* The node check and the engine's network environment (nodecheck.h,
+   * netenv.h). node_fail: this node's failed checks under --node-check
+   * fail, reported to the leader after release. */
+  struct lwsi_nodecheck_rdma rdma;
+  struct lwsi_nodecheck node;
+  bool node_ran, node_verdict_ok;
+  char node_fail[1024];
+  uint8_t *node_seen;      /* leader: which ranks reported */
+  char **node_failures;    /* leader: each failed rank's checks, by rank */
+  uint32_t node_reports;   /* leader: how many */
+  uint32_t node_failed;    /* leader: how many failed */
+  struct lwsi_netenv netenv;
 
   enum lwsi_phase phase;
   uint64_t started_ms;                 /* monotonic */

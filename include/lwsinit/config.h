@@ -15,6 +15,9 @@
 
 enum lwsi_peer_loss { LWSI_PEER_LOSS_EXIT, LWSI_PEER_LOSS_STAY };
 enum lwsi_gpu_check { LWSI_GPU_CHECK_NONE, LWSI_GPU_CHECK_CUDA, LWSI_GPU_CHECK_NCCL };
+/* The order of each list is its parse table's (config.c). */
+enum lwsi_node_check { LWSI_NODE_CHECK_OFF, LWSI_NODE_CHECK_WARN, LWSI_NODE_CHECK_FAIL };
+enum lwsi_network_env { LWSI_NETWORK_ENV_AUTO, LWSI_NETWORK_ENV_OFF };
 enum lwsi_log_format { LWSI_LOG_TEXT, LWSI_LOG_JSON };
 enum lwsi_log_level { LWSI_LOG_DEBUG, LWSI_LOG_INFO, LWSI_LOG_WARN, LWSI_LOG_ERROR };
 enum lwsi_mode { LWSI_MODE_RUN, LWSI_MODE_HELP, LWSI_MODE_VERSION, LWSI_MODE_STATUS, LWSI_MODE_PROBE };
@@ -59,6 +62,8 @@ struct lwsi_config {
   uint64_t gpu_check_timeout_ms;
   uint64_t gpu_check_bytes;
   double gpu_min_busbw;
+  enum lwsi_node_check node_check;
+  enum lwsi_network_env network_env;
   char token_file[4096];
   /* The shared secret, read from --token-file or LWSINIT_TOKEN, with
    * trailing whitespace stripped (contract, "Membership"). */
@@ -91,6 +96,11 @@ void lwsi_config_usage(int fd);
  * word the check program takes as its mode and the status reports; "?" for
  * a value outside the enum. */
 const char *lwsi_config_gpu_check_name(enum lwsi_gpu_check mode);
+
+/* --node-check and --network-env as the user writes them; "?" outside the
+ * enum. */
+const char *lwsi_config_node_check_name(enum lwsi_node_check mode);
+const char *lwsi_config_network_env_name(enum lwsi_network_env mode);
 
 /* The engine's own port that {dist_port} stands for: --dist-port, or the
  * preset's default from the engine table. Returns false when there is

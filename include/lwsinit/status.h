@@ -15,6 +15,8 @@
 
 #define LWSI_STATUS_MAX_PHASES 8
 #define LWSI_STATUS_MAX_OUTCOMES 8
+#define LWSI_STATUS_MAX_NODE_CHECKS 8
+#define LWSI_STATUS_MAX_NETENV 8
 
 /* The engine's state. Its name is the one word the document, the text and
  * the heartbeats use (lwsi_status_child_name). */
@@ -62,6 +64,24 @@ struct lwsi_status_phase {
 struct lwsi_status_outcome {
   const char *name;
   uint64_t polls;
+};
+
+/* One check of the node check: state is "ok", "warn" or "fail"; fix is ""
+ * when there is nothing to fix. */
+struct lwsi_status_node_item {
+  const char *name;
+  const char *state;
+  const char *found;
+  const char *fix;
+};
+
+/* One variable of the engine's network environment: value NULL when
+ * neither the agent nor the user set it. */
+struct lwsi_status_netenv_var {
+  const char *name;
+  const char *value;
+  const char *reason;
+  bool kept; /* the user's own value */
 };
 
 /* Everything the document, the text and the metrics show. Strings are never
@@ -134,6 +154,24 @@ struct lwsi_status_snapshot {
     double busbw_gbps; /* < 0: not measured */
     const char *error; /* "" when none */
   } gpu;
+
+  /* The node check (--node-check); ran is false with "off". */
+  struct {
+    const char *mode;
+    bool ran;
+    unsigned warnings, failures;
+    struct lwsi_status_node_item items[LWSI_STATUS_MAX_NODE_CHECKS];
+    size_t nitems;
+  } node;
+
+  /* The engine's network environment (--network-env); computed is false
+   * before launch and with "off". */
+  struct {
+    const char *mode;
+    bool computed;
+    struct lwsi_status_netenv_var vars[LWSI_STATUS_MAX_NETENV];
+    size_t nvars;
+  } netenv;
 
   const char *last_error; /* "" when none */
 };
