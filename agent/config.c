@@ -55,6 +55,8 @@ static const char *const readiness_choices[] = {"serving", "group", "listening",
 static const char *const gpu_check_choices[] = {"none", "cuda", "nccl", NULL};
 static const char *const log_format_choices[] = {"text", "json", NULL};
 static const char *const log_level_choices[] = {"debug", "info", "warn", "error", NULL};
+/* In the order of enum lwsi_launchck_mode. */
+static const char *const launch_check_choices[] = {"warn", "strict", "off", NULL};
 
 enum {
   O_LEADER, O_SIZE, O_RANK, O_RDZV_PORT, O_PROBE_ADDR, O_STATUS_SOCKET, O_DNS_SERVER,
@@ -62,6 +64,7 @@ enum {
   O_DIST_PORT, O_DP_LOCAL, O_UPSTREAM, O_UPSTREAM_INTERVAL, O_UPSTREAM_TIMEOUT, O_READINESS,
   O_GRACE, O_DRAIN_DELAY, O_GPU_CHECK, O_GPUS, O_GPU_CHECK_TIMEOUT, O_GPU_CHECK_BYTES,
   O_GPU_MIN_BUSBW, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG, O_LOG_FORMAT, O_LOG_LEVEL,
+  O_LAUNCH_CHECK,
   O_COUNT
 };
 
@@ -132,6 +135,9 @@ static const struct opt opts[O_COUNT] = {
                     "text", NULL, "log format on stderr"},
   [O_LOG_LEVEL] = {"log-level", "debug|info|warn|error", T_ENUM, F(log_level), 0, 0,
                    log_level_choices, "info", NULL, "lowest level logged"},
+  [O_LAUNCH_CHECK] = {"launch-check", "warn|strict|off", T_ENUM, F(launch_check), 0, 0,
+                      launch_check_choices, "warn", NULL,
+                      "members' launch commands that differ: warn, refuse the group, or ignore"},
 };
 
 /* Where an option's winning text came from. */

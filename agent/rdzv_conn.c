@@ -150,6 +150,24 @@ bool lwsi__rdzv_emit_app(struct lwsi_rdzv *r, uint32_t rank, const char *addr, c
   return deliver(r, &ev);
 }
 
+bool lwsi__rdzv_emit_count(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, uint32_t rank,
+                           const char *addr, const char *pod, uint32_t count, const char *reason)
+{
+  if (lwsi__rdzv_quiet(r))
+    return false;
+  struct lwsi_rdzv_event ev = {
+      .type = type,
+      .rank = rank,
+      .addr = addr != NULL ? addr : "",
+      .pod = pod != NULL ? pod : "",
+      .reason = reason,
+      .kind = "",
+      .data = "",
+      .count = count,
+  };
+  return deliver(r, &ev);
+}
+
 /* ---- connections ---- */
 
 static void on_conn_closed(uv_handle_t *h)
