@@ -137,7 +137,7 @@ static const struct opt opts[O_COUNT] = {
                    log_level_choices, "info", NULL, "lowest level logged"},
   [O_LAUNCH_CHECK] = {"launch-check", "warn|strict|off", T_ENUM, F(launch_check), 0, 0,
                       launch_check_choices, "warn", NULL,
-                      "members' launch commands that differ: warn, refuse the group, or ignore"},
+                      "launch commands that differ: warn, refuse the group, ignore"},
 };
 
 /* Where an option's winning text came from. */
