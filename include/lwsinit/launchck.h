@@ -48,7 +48,7 @@ int lwsi_launchck_digest(const char *const *argv, uint32_t argc, uint32_t from,
 
 /* Builds the travelling form of argv (argc arguments): as many leading
  * arguments as fit the bounds, and the digest of the rest. Returns 0,
- * -E2BIG (more than LWSI_WIRE_MAX_SIZE... arguments: never in practice),
+ * -E2BIG (more than LWSI_WIRE_CMD_MAX_TOTAL arguments: beyond ARG_MAX),
  * -ENOMEM or the digest's error. Free with lwsi_launchck_free. */
 int lwsi_launchck_build(const char *const *argv, uint32_t argc, struct lwsi_launchck_cmd *out);
 
