@@ -7,6 +7,7 @@
 #include "lwsinit/expand.h"
 #include "lwsinit/gpurun.h"
 #include "lwsinit/health.h"
+#include "lwsinit/launchck.h"
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
 #include "lwsinit/metrics.h"
@@ -797,6 +798,46 @@ static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *e
   stop_for_group(a, LWSI_EXIT_PEER, why);
 }
 
+/* Leader, --launch-check warn: a member's launch command differs from
+ * ours. One warning per member (the first few; a large group with a
+ * per-pod value in every command would otherwise fill the log), and a row
+ * for /status and /metrics. */
+#define LWSI_LAUNCH_WARNED 8
+
+static void on_launch_diff(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  uint32_t i = a->launch_ranks++;
+  a->launch_differences += ev->count;
+  if (i < LWSI_STATUS_LAUNCH_LISTED) {
+    struct lwsi_status_launch_diff *d = &a->launch_listed[i];
+    d->rank = (uint32_t)ev->rank;
+    d->count = ev->count;
+    lwsi_text_copy(d->detail, sizeof(d->detail), ev->reason);
+  }
+  if (i < LWSI_LAUNCH_WARNED)
+    lwsi_log_warn("the launch command differs from the leader's: rank %lld: %s (--launch-check "
+                  "warn: the group forms anyway; 'strict' refuses it)",
+                  (long long)ev->rank, ev->reason);
+  else
+    lwsi_log_debug("the launch command differs from the leader's: rank %lld: %s",
+                   (long long)ev->rank, ev->reason);
+}
+
+/* Worker: the leader refused us (or whoever answers on its address did)
+ * without proving it with the token. Not final (contract, "Membership"),
+ * but almost always a token that differs: the first one is a warning that
+ * says what to check, at once, instead of a timeout many minutes later. */
+static void on_unverified_refusal(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  a->unverified_count++;
+  lwsi_text_copy(a->unverified_reason, sizeof(a->unverified_reason), ev->reason);
+  if (a->unverified_count == 1)
+    lwsi_log_warn("the leader refused this member but could not prove it with the token (%s): "
+                  "check that every member has the same --token-file / LWSINIT_TOKEN; retrying "
+                  "until --rdzv-timeout (%.3g s)",
+                  ev->reason, (double)a->cfg->rdzv_timeout_ms / 1000.0);
+}
+
 static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
 {
   struct lwsi_agent *a = r->data;
@@ -839,6 +880,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
       lwsi_log_info("lost the leader before the group formed (%s); reconnecting", ev->reason);
     return;
   case LWSI_RDZV_EV_RELEASED:
+    a->launch_compared = r->leader && a->cfg->launch_check != LWSI_LAUNCHCK_OFF;
     on_released(a);
     return;
   case LWSI_RDZV_EV_FAILED:
@@ -856,6 +898,12 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
   case LWSI_RDZV_EV_APP:
     if (!node_message(a, ev))
       on_check_message(a, ev);
+    return;
+  case LWSI_RDZV_EV_LAUNCH_DIFF:
+    on_launch_diff(a, ev);
+    return;
+  case LWSI_RDZV_EV_UNVERIFIED:
+    on_unverified_refusal(a, ev);
     return;
   }
 }
@@ -885,7 +933,8 @@ static void start_rdzv(struct lwsi_agent *a)
     .peer_timeout_ms = cfg->peer_timeout_ms,
   };
   char why[400];
-  int err = lwsi_cmdline_digest(cfg, rc.cmd_digest);
+  struct lwsi_launchck_cmd cmd;
+  int err = lwsi_cmdline_launch_check(cfg, &cmd);
   if (err < 0) {
     /* The one failure an operator can act on gets its remedy. */
     if (err == -ELIBACC)
@@ -897,10 +946,16 @@ static void start_rdzv(struct lwsi_agent *a)
     finish(a, 1, why);
     return;
   }
+  uint16_t dist_port = 0;
+  rc.preset = lwsi_engine_get(cfg->preset)->name;
+  rc.dist_port = lwsi_config_dist_port(cfg, &dist_port) ? dist_port : 0;
+  rc.cmd = &cmd;
+  rc.launch_check = cfg->launch_check;
   set_phase(a, LWSI_PHASE_JOINING);
   a->rdzv.data = a;
   a->rdzv_on = true;
   err = lwsi_rdzv_start(&a->rdzv, &a->loop, &rc, on_rdzv, on_rdzv_local);
+  lwsi_launchck_free(&cmd); /* the rendezvous keeps its own copy */
   if (err < 0) {
     snprintf(why, sizeof(why), "cannot %s the rendezvous on port %u (--rdzv-port): %s",
              cfg->rank == 0 ? "listen for" : "start", cfg->rdzv_port, strerror(-err));
@@ -1125,6 +1180,21 @@ static void status_node(const struct lwsi_agent *a, struct lwsi_status_snapshot 
   }
 }
 
+/* The launch check (leader) and the unverified refusals (worker). */
+static void status_launch_check(struct lwsi_agent *a, struct lwsi_status_snapshot *s)
+{
+  s->has_launch_check = a->rdzv_on && a->cfg->rank == 0;
+  s->launch_check.mode = lwsi_launchck_mode_name(a->cfg->launch_check);
+  s->launch_check.compared = a->launch_compared;
+  s->launch_check.ranks = a->launch_ranks;
+  s->launch_check.differences = a->launch_differences;
+  s->launch_check.listed = a->launch_listed;
+  s->launch_check.nlisted =
+      a->launch_ranks < LWSI_STATUS_LAUNCH_LISTED ? a->launch_ranks : LWSI_STATUS_LAUNCH_LISTED;
+  s->unverified_refusal.count = a->unverified_count;
+  s->unverified_refusal.reason = a->unverified_reason;
+}
+
 /* Fills the snapshot that status.c renders. members has room for a row per
  * rank when there is a group (status_rows). The member rows and the count
  * of live members both come from the rendezvous, once each. */
@@ -1215,6 +1285,7 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
   s->gpu.error = a->gpu.error;
   status_node(a, s);
   s->last_error = a->last_error;
+  status_launch_check(a, s);
 }
 
 /* Room for the snapshot's member rows, one per rank; NULL without a group

@@ -1,12 +1,12 @@
 /* The engine's command line (include/lwsinit/cmdline.h): COMMAND expanded,
- * the engine row's flags appended, and the digest of what every rank must
- * share. */
+ * the engine row's flags appended, and the launch command every member
+ * sends the leader. */
 #include "lwsinit/cmdline.h"
 
 #include "lwsinit/config.h"
-#include "lwsinit/crypto.h"
 #include "lwsinit/engine.h"
 #include "lwsinit/expand.h"
+#include "lwsinit/launchck.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -90,45 +90,26 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   return 0;
 }
 
-/* An argument that could spell a rank, alone or after '=': a number from 0
- * to size-1. Kubernetes expands $(LWS_WORKER_INDEX) into such arguments,
- * different on every rank; leaving out every such number (not only this
- * pod's own rank) keeps the digest the same on all ranks for the same
- * template. */
-static bool is_rank_arg(const char *a, unsigned size)
+int lwsi_cmdline_launch_check(const struct lwsi_config *cfg, struct lwsi_launchck_cmd *out)
 {
-  const char *eq = strrchr(a, '=');
-  const char *v = eq != NULL ? eq + 1 : a;
-  if (*v == '\0' || strlen(v) > 6 || (v[0] == '0' && v[1] != '\0'))
-    return false;
-  for (const char *p = v; *p != '\0'; p++)
-    if (*p < '0' || *p > '9')
-      return false;
-  return (unsigned)atoi(v) < size;
-}
-
-int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32])
-{
+  memset(out, 0, sizeof(*out));
   const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
   if (e == NULL)
     return -EINVAL;
-  uint16_t dp = 0;
-  bool has_dp = lwsi_config_dist_port(cfg, &dp);
-  /* The input in one buffer, each argument length-prefixed so that
-   * ["ab","c"] and ["a","bc"] differ. */
-  size_t cap = 64;
-  for (int i = 0; i < cfg->argc; i++)
-    cap += strlen(cfg->argv[i]) + 24;
-  char *buf = malloc(cap);
-  if (buf == NULL)
+  /* COMMAND as written, then the flags the preset appends on every rank
+   * (its workers' own flags differ from the leader's by design). */
+  size_t n = 0;
+  while (e->flags != NULL && e->flags[n] != NULL)
+    n++;
+  const char **argv = calloc((size_t)cfg->argc + n + 1, sizeof(*argv));
+  if (argv == NULL)
     return -ENOMEM;
-  size_t n = (size_t)snprintf(buf, cap, "lwsinit-cmd-v1\n%s\n%u\n",
-                              e->name, has_dp ? dp : 0);
-  for (int i = 0; i < cfg->argc; i++) {
-    const char *a = is_rank_arg(cfg->argv[i], cfg->size) ? "{rank}" : cfg->argv[i];
-    n += (size_t)snprintf(buf + n, cap - n, "%zu:%s", strlen(a), a);
-  }
-  int rc = lwsi_crypto_sha256(buf, n, out);
-  free(buf);
+  size_t o = 0;
+  for (int i = 0; i < cfg->argc; i++)
+    argv[o++] = cfg->argv[i];
+  for (size_t i = 0; i < n; i++)
+    argv[o++] = e->flags[i];
+  int rc = o > LWSI_WIRE_CMD_MAX_TOTAL ? -E2BIG : lwsi_launchck_build(argv, (uint32_t)o, out);
+  free(argv);
   return rc;
 }

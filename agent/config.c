@@ -57,13 +57,16 @@ static const char *const log_format_choices[] = {"text", "json", NULL};
 static const char *const node_check_choices[] = {"off", "warn", "fail", NULL};
 static const char *const network_env_choices[] = {"auto", "off", NULL};
 static const char *const log_level_choices[] = {"debug", "info", "warn", "error", NULL};
+/* In the order of enum lwsi_launchck_mode. */
+static const char *const launch_check_choices[] = {"warn", "strict", "off", NULL};
 
 enum {
   O_LEADER, O_SIZE, O_RANK, O_RDZV_PORT, O_PROBE_ADDR, O_STATUS_SOCKET, O_DNS_SERVER,
   O_DNS_TIMEOUT, O_RDZV_TIMEOUT, O_HEARTBEAT, O_PEER_TIMEOUT, O_ON_PEER_LOSS, O_PRESET,
   O_DIST_PORT, O_DP_LOCAL, O_UPSTREAM, O_UPSTREAM_INTERVAL, O_UPSTREAM_TIMEOUT, O_READINESS,
   O_GRACE, O_DRAIN_DELAY, O_GPU_CHECK, O_GPUS, O_GPU_CHECK_TIMEOUT, O_GPU_CHECK_BYTES,
-  O_GPU_MIN_BUSBW, O_NODE_CHECK, O_NETWORK_ENV, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG, O_LOG_FORMAT, O_LOG_LEVEL,
+  O_GPU_MIN_BUSBW, O_NODE_CHECK, O_NETWORK_ENV, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG,
+  O_LOG_FORMAT, O_LOG_LEVEL, O_LAUNCH_CHECK,
   O_COUNT
 };
 
@@ -140,6 +143,9 @@ static const struct opt opts[O_COUNT] = {
                     "text", NULL, "log format on stderr"},
   [O_LOG_LEVEL] = {"log-level", "debug|info|warn|error", T_ENUM, F(log_level), 0, 0,
                    log_level_choices, "info", NULL, "lowest level logged"},
+  [O_LAUNCH_CHECK] = {"launch-check", "warn|strict|off", T_ENUM, F(launch_check), 0, 0,
+                      launch_check_choices, "warn", NULL,
+                      "launch commands that differ: warn, refuse the group, ignore"},
 };
 
 /* Where an option's winning text came from. */

@@ -19,7 +19,8 @@ static const char *const ev_names[] = {
     [LWSI_RDZV_EV_DROPPED] = "dropped",   [LWSI_RDZV_EV_DEPARTED] = "departed",
     [LWSI_RDZV_EV_RELEASED] = "released", [LWSI_RDZV_EV_FAILED] = "failed",
     [LWSI_RDZV_EV_TIMEOUT] = "timeout",   [LWSI_RDZV_EV_LOST] = "lost",
-    [LWSI_RDZV_EV_APP] = "app",
+    [LWSI_RDZV_EV_APP] = "app",           [LWSI_RDZV_EV_LAUNCH_DIFF] = "launch_diff",
+    [LWSI_RDZV_EV_UNVERIFIED] = "unverified",
 };
 
 static const char *const state_names[] = {
@@ -72,6 +73,8 @@ int lwsi_rdzv_start(struct lwsi_rdzv *r, uv_loop_t *loop, const struct lwsi_rdzv
   r->cfg.host = r->host;
   r->cfg.source = r->source;
   r->cfg.token = NULL;
+  r->cfg.preset = r->preset;
+  r->cfg.cmd = &r->cmd;
   struct lwsi_rdzv_config *c = &r->cfg;
   if (c->heartbeat_ms == 0)
     c->heartbeat_ms = 1000;
@@ -99,12 +102,31 @@ int lwsi_rdzv_start(struct lwsi_rdzv *r, uv_loop_t *loop, const struct lwsi_rdzv
   if ((rc = check_text(r->revision, sizeof(r->revision), cfg->revision)) < 0 ||
       (rc = check_text(r->pod, sizeof(r->pod), cfg->pod)) < 0 ||
       (rc = check_text(r->host, sizeof(r->host), cfg->host)) < 0 ||
-      (rc = check_text(r->source, sizeof(r->source), cfg->source)) < 0)
+      (rc = check_text(r->source, sizeof(r->source), cfg->source)) < 0 ||
+      (rc = check_text(r->preset, sizeof(r->preset), cfg->preset)) < 0)
     return rc;
   /* What goes in the join must pass the peer's decoder; better to say so
    * now than to have every join fail later. */
-  if (!lwsi_wire_text_ok(r->revision) || !lwsi_wire_text_ok(r->pod))
+  if (!lwsi_wire_text_ok(r->revision) || !lwsi_wire_text_ok(r->pod) ||
+      !lwsi_wire_text_ok(r->preset) || cfg->dist_port > 65535)
     return -EINVAL;
+  if (cfg->cmd != NULL) {
+    const struct lwsi_launchck_cmd *k = cfg->cmd;
+    if (k->n > LWSI_WIRE_CMD_MAX_ARGS || k->n > k->total || k->total > LWSI_WIRE_CMD_MAX_TOTAL)
+      return -EINVAL;
+    size_t text = 0;
+    for (uint32_t i = 0; i < k->n; i++) {
+      if (k->args[i] == NULL || !lwsi_wire_text_ok(k->args[i]))
+        return -EINVAL;
+      text += strlen(k->args[i]);
+    }
+    if (text > LWSI_WIRE_CMD_MAX_TEXT)
+      return -EINVAL;
+    if ((rc = lwsi_launchck_copy(&r->cmd, k->total, k->n, k->args, k->digest)) < 0)
+      return rc;
+  } else if ((rc = lwsi_launchck_copy(&r->cmd, 0, 0, NULL, r->cmd.digest)) < 0) {
+    return rc;
+  }
   r->leader = c->rank == 0;
   r->open = cfg->token_len == 0;
   if (!r->open) {
@@ -142,6 +164,9 @@ void lwsi_rdzv_close(struct lwsi_rdzv *r)
   r->state = LWSI_RDZV_CLOSED;
   r->ops->close(r);
   lwsi__rdzv_timers_close(r);
+  for (uint32_t i = 0; r->slots != NULL && i < r->cfg.size; i++)
+    lwsi_launchck_free(&r->slots[i].cmd);
+  lwsi_launchck_free(&r->cmd);
   free(r->slots);
   r->slots = NULL;
   free(r->rbuf);

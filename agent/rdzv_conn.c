@@ -104,6 +104,23 @@ static bool deliver(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
   return !lwsi__rdzv_quiet(r);
 }
 
+/* An event with every text field set ("" when none). */
+static struct lwsi_rdzv_event event_of(enum lwsi_rdzv_ev type, int64_t rank, const char *addr,
+                                       const char *pod, int err, const char *reason)
+{
+  struct lwsi_rdzv_event ev = {
+      .type = type,
+      .rank = rank,
+      .addr = addr != NULL ? addr : "",
+      .pod = pod != NULL ? pod : "",
+      .err = err,
+      .reason = reason,
+      .kind = "",
+      .data = "",
+  };
+  return ev;
+}
+
 bool lwsi__rdzv_emit(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, int64_t rank, const char *addr,
                      const char *pod, int err, const char *fmt, ...)
 {
@@ -116,16 +133,7 @@ bool lwsi__rdzv_emit(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, int64_t rank, 
   va_end(ap);
   if (n < 0)
     reason[0] = '\0';
-  struct lwsi_rdzv_event ev = {
-      .type = type,
-      .rank = rank,
-      .addr = addr != NULL ? addr : "",
-      .pod = pod != NULL ? pod : "",
-      .err = err,
-      .reason = reason,
-      .kind = "",
-      .data = "",
-  };
+  struct lwsi_rdzv_event ev = event_of(type, rank, addr, pod, err, reason);
   return deliver(r, &ev);
 }
 
@@ -147,6 +155,16 @@ bool lwsi__rdzv_emit_app(struct lwsi_rdzv *r, uint32_t rank, const char *addr, c
       .kind = m->kind,
       .data = m->data,
   };
+  return deliver(r, &ev);
+}
+
+bool lwsi__rdzv_emit_count(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, uint32_t rank,
+                           const char *addr, const char *pod, uint32_t count, const char *reason)
+{
+  if (lwsi__rdzv_quiet(r))
+    return false;
+  struct lwsi_rdzv_event ev = event_of(type, rank, addr, pod, 0, reason);
+  ev.count = count;
   return deliver(r, &ev);
 }
 

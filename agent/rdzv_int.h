@@ -67,7 +67,9 @@ struct lwsi_rdzv_slot {
   char addr[LWSI_WIRE_ADDR_MAX];
   char pod[LWSI_WIRE_POD_MAX];
   uint8_t nonce[LWSI_WIRE_NONCE_LEN];
-  uint8_t digest[LWSI_WIRE_DIGEST_LEN];
+  char preset[LWSI_WIRE_PRESET_MAX];
+  uint32_t dist_port;
+  struct lwsi_launchck_cmd cmd; /* the launch command its join carried (owned) */
   uint32_t gpus;
   uint64_t last_rx;
   bool watched; /* last_rx is meaningful here */
@@ -127,6 +129,7 @@ static inline bool lwsi__rdzv_quiet(const struct lwsi_rdzv *r)
 
 static inline void lwsi__rdzv_slot_reset(struct lwsi_rdzv_slot *s)
 {
+  lwsi_launchck_free(&s->cmd);
   memset(s, 0, sizeof(*s));
   s->rtt_us = -1;
 }
@@ -147,6 +150,10 @@ bool lwsi__rdzv_emit(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, int64_t rank, 
                      const char *pod, int err, const char *fmt, ...)
     __attribute__((format(printf, 7, 8)));
 /* Reports an application message from rank (0: the leader). */
+/* Reports an event with a count (LAUNCH_DIFF) and a reason as given.
+ * Returns false when the callback left us quiet. */
+bool lwsi__rdzv_emit_count(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, uint32_t rank,
+                           const char *addr, const char *pod, uint32_t count, const char *reason);
 bool lwsi__rdzv_emit_app(struct lwsi_rdzv *r, uint32_t rank, const char *addr, const char *pod,
                          const struct lwsi_msg_app *m);
 

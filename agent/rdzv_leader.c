@@ -7,6 +7,7 @@
 #include "rdzv_int.h"
 
 #include "lwsinit/crypto.h"
+#include "lwsinit/launchck.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -172,53 +173,131 @@ static void leader_fail(struct lwsi_rdzv *r, enum lwsi_rdzv_ev type, const char 
   lwsi__rdzv_emit(r, type, -1, "", "", 0, "%s", local != NULL ? local : sent);
 }
 
-/* The checks that need the whole group: every member must launch the same
- * command on the same number of GPUs as the leader, or the engines would
- * fail later in a way that is much harder to read. */
-static bool leader_check_group(struct lwsi_rdzv *r, char *why, size_t len)
+/* Ranks that differ from the leader in one respect, for one line. */
+struct mismatch {
+  uint32_t ranks[64];
+  uint32_t n;
+  char shown[256]; /* "rank 3 has 4, rank 5 has 2" for the first 8 */
+  size_t used;
+};
+
+static void mismatch_add(struct mismatch *m, uint32_t rank, const char *value)
 {
-  uint32_t cmd[64], gpu[64], ncmd = 0, ngpu = 0;
-  char gpus_text[256] = "";
-  size_t go = 0;
+  if (m->n < 64)
+    m->ranks[m->n] = rank;
+  if (m->n < 8 && m->used + 24 + strlen(value) < sizeof(m->shown)) {
+    lwsi_text_printf(m->shown + m->used, sizeof(m->shown) - m->used, "%srank %u has %s",
+                     m->n ? ", " : "", rank, value);
+    m->used += strlen(m->shown + m->used);
+  }
+  m->n++;
+}
+
+/* "the GPU count differs from the leader's 8 on rank 3 (rank 3 has 4)",
+ * appended to why after "; " when why is not empty. */
+static void mismatch_say(const struct mismatch *m, const char *what, const char *leaders,
+                         char *why, size_t len)
+{
+  if (m->n == 0)
+    return;
+  char ranks[200];
+  lwsi__rdzv_format_ranks(ranks, sizeof(ranks), m->ranks, m->n < 64 ? m->n : 64, m->n);
+  size_t o = strlen(why);
+  lwsi_text_printf(why + o, len - o, "%s%s differs from the leader's %s on %s (%s%s)",
+                   o ? "; " : "", what, leaders, ranks, m->shown, m->n > 8 ? ", ..." : "");
+}
+
+/* Cuts text to at most max bytes on a character boundary, ending it with
+ * "..." when it was longer: a reason must stay valid UTF-8 to go on the
+ * wire. */
+static void cut_text(char *text, size_t max)
+{
+  size_t n = strlen(text);
+  if (n <= max)
+    return;
+  n = max - 3;
+  while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
+    n--;
+  memcpy(text + n, "...", 4);
+}
+
+/* What every member must share with the leader, whatever --launch-check
+ * says: the preset, {dist_port} and the GPU count. A difference would make
+ * the engines fail later in a way much harder to read. */
+static bool leader_check_shared(struct lwsi_rdzv *r, char *why, size_t len)
+{
+  struct mismatch preset = {.n = 0}, port = {.n = 0}, gpu = {.n = 0};
   for (uint32_t i = 1; i < r->cfg.size; i++) {
     const struct lwsi_rdzv_slot *s = &r->slots[i];
-    if (!lwsi_crypto_equal(s->digest, r->cfg.cmd_digest, LWSI_WIRE_DIGEST_LEN)) {
-      if (ncmd < 64)
-        cmd[ncmd] = i;
-      ncmd++;
+    char v[LWSI_WIRE_PRESET_MAX + 2];
+    if (strcmp(s->preset, r->preset) != 0) {
+      lwsi_text_printf(v, sizeof(v), "'%s'", s->preset);
+      mismatch_add(&preset, i, v);
+    }
+    if (s->dist_port != r->cfg.dist_port) {
+      lwsi_text_printf(v, sizeof(v), "%u", s->dist_port);
+      mismatch_add(&port, i, v);
     }
     if (s->gpus != r->cfg.gpus) {
-      if (ngpu < 64)
-        gpu[ngpu] = i;
-      if (ngpu < 8 && go + 24 < sizeof(gpus_text)) {
-        lwsi_text_printf(gpus_text + go, sizeof(gpus_text) - go, "%srank %u has %u",
-                         ngpu ? ", " : "", i, s->gpus);
-        go = strlen(gpus_text);
-      }
-      ngpu++;
+      lwsi_text_printf(v, sizeof(v), "%u", s->gpus);
+      mismatch_add(&gpu, i, v);
     }
   }
-  if (ncmd == 0 && ngpu == 0)
+  if (preset.n == 0 && port.n == 0 && gpu.n == 0)
     return true;
-  char a[200] = "", b[200] = "";
-  if (ncmd > 0)
-    lwsi__rdzv_format_ranks(a, sizeof(a), cmd, ncmd < 64 ? ncmd : 64, ncmd);
-  if (ngpu > 0)
-    lwsi__rdzv_format_ranks(b, sizeof(b), gpu, ngpu < 64 ? ngpu : 64, ngpu);
-  if (ncmd > 0 && ngpu > 0)
-    lwsi_text_printf(why, len,
-                     "the launch command differs from the leader's on %s, and the GPU count "
-                     "differs from the leader's %u on %s (%s%s)",
-                     a, r->cfg.gpus, b, gpus_text, ngpu > 8 ? ", ..." : "");
-  else if (ncmd > 0)
-    lwsi_text_printf(why, len,
-                     "the launch command differs from the leader's on %s; every member "
-                     "must run the same COMMAND and options",
-                     a);
-  else
-    lwsi_text_printf(why, len, "the GPU count differs from the leader's %u on %s (%s%s)",
-                     r->cfg.gpus, b, gpus_text, ngpu > 8 ? ", ..." : "");
+  char big[1024] = "", l[LWSI_WIRE_PRESET_MAX + 2];
+  lwsi_text_printf(l, sizeof(l), "'%s'", r->preset);
+  mismatch_say(&preset, "the preset", l, big, sizeof(big));
+  lwsi_text_printf(l, sizeof(l), "%u", r->cfg.dist_port);
+  mismatch_say(&port, "{dist_port}", l, big, sizeof(big));
+  lwsi_text_printf(l, sizeof(l), "%u", r->cfg.gpus);
+  mismatch_say(&gpu, "the GPU count", l, big, sizeof(big));
+  cut_text(big, len - 1);
+  lwsi_text_copy(why, len, big);
   return false;
+}
+
+/* --launch-check strict: every member's launch command must be the
+ * leader's, argument by argument (include/lwsinit/launchck.h). */
+static bool leader_check_strict(struct lwsi_rdzv *r, char *why, size_t len)
+{
+  static const char head[] = "the launch command differs from the leader's: ";
+  static const char tail[] =
+      " (--launch-check strict: every member must run the same COMMAND and options)";
+  char list[4096] = "", detail[1024];
+  size_t o = 0;
+  uint32_t differ = 0;
+  for (uint32_t i = 1; i < r->cfg.size; i++) {
+    if (lwsi_launchck_compare(&r->cmd, 0, &r->slots[i].cmd, i, detail, sizeof(detail)) == 0)
+      continue;
+    if (differ++ < 4 && o + 32 < sizeof(list)) {
+      lwsi_text_printf(list + o, sizeof(list) - o, "%srank %u: %s", o ? "; " : "", i, detail);
+      o += strlen(list + o);
+    }
+  }
+  if (differ == 0)
+    return true;
+  if (differ > 4 && o + 48 < sizeof(list))
+    lwsi_text_printf(list + o, sizeof(list) - o, "; %u ranks differ in all", differ);
+  cut_text(list, len - 1 - (sizeof(head) - 1) - (sizeof(tail) - 1));
+  lwsi_text_printf(why, len, "%s%s%s", head, list, tail);
+  return false;
+}
+
+/* --launch-check warn: each member whose command differs is reported, and
+ * the group forms. Returns false when the caller went quiet meanwhile. */
+static bool leader_report_launch(struct lwsi_rdzv *r)
+{
+  char detail[1024];
+  for (uint32_t i = 1; i < r->cfg.size; i++) {
+    uint32_t n = lwsi_launchck_compare(&r->cmd, 0, &r->slots[i].cmd, i, detail, sizeof(detail));
+    if (n == 0)
+      continue;
+    if (!lwsi__rdzv_emit_count(r, LWSI_RDZV_EV_LAUNCH_DIFF, i, r->slots[i].addr,
+                               r->slots[i].pod, n, detail))
+      return false;
+  }
+  return true;
 }
 
 /* The release frame: the member table as it stands, by rank. */
@@ -246,10 +325,13 @@ static void leader_release(struct lwsi_rdzv *r)
 {
   uint32_t n = r->cfg.size;
   char why[LWSI_WIRE_REASON_MAX];
-  if (!leader_check_group(r, why, sizeof(why))) {
+  if (!leader_check_shared(r, why, sizeof(why)) ||
+      (r->cfg.launch_check == LWSI_LAUNCHCK_STRICT && !leader_check_strict(r, why, sizeof(why)))) {
     leader_fail(r, LWSI_RDZV_EV_FAILED, why, NULL);
     return;
   }
+  if (r->cfg.launch_check == LWSI_LAUNCHCK_WARN && !leader_report_launch(r))
+    return;
   uint8_t *frame = NULL;
   size_t len = 0;
   int rc = n > 1 ? leader_release_frame(r, &frame, &len) : 0;
@@ -489,7 +571,12 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   s->alive = true;
   lwsi_text_copy(s->pod, sizeof(s->pod), j->pod);
   memcpy(s->nonce, j->nonce, sizeof(s->nonce));
-  memcpy(s->digest, j->digest, sizeof(s->digest));
+  lwsi_text_copy(s->preset, sizeof(s->preset), j->preset);
+  s->dist_port = j->dist_port;
+  if (lwsi_launchck_copy(&s->cmd, j->cmd_total, j->ncmd, j->cmd, j->digest) < 0) {
+    /* Compared as an empty command: reported, never silently passed. */
+    s->cmd.total = j->cmd_total;
+  }
   s->gpus = j->gpus;
   r->as_leader.njoined++;
   if (r->leader_addr[0] == '\0') {

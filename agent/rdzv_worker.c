@@ -107,7 +107,12 @@ static void worker_send_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c)
   lwsi_text_copy(j->revision, sizeof(j->revision), r->revision);
   lwsi_text_copy(j->pod, sizeof(j->pod), r->pod);
   memcpy(j->nonce, r->nonce, sizeof(j->nonce));
-  memcpy(j->digest, r->cfg.cmd_digest, sizeof(j->digest));
+  lwsi_text_copy(j->preset, sizeof(j->preset), r->preset);
+  j->dist_port = r->cfg.dist_port;
+  j->cmd_total = r->cmd.total;
+  j->ncmd = r->cmd.n;
+  j->cmd = r->cmd.args; /* ours: the join only points at it */
+  memcpy(j->digest, r->cmd.digest, sizeof(j->digest));
   int rc = lwsi__rdzv_random(j->challenge, sizeof(j->challenge));
   if (rc == 0 && r->token != NULL) {
     j->auth = true;
@@ -143,6 +148,9 @@ static void worker_unproven(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const
    * would otherwise be asked again every few tens of milliseconds. */
   r->as_worker.retry_delay = r->cfg.retry_max_ms;
   worker_retry(r, c, -EACCES, why);
+  /* After the retry is set up, so that a callback that closes us finds
+   * nothing half done (emit reports nothing once we are quiet). */
+  lwsi__rdzv_emit(r, LWSI_RDZV_EV_UNVERIFIED, 0, r->host, "", -EACCES, "%s", why);
 }
 
 static void worker_welcome(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,

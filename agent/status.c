@@ -192,6 +192,72 @@ static void add_netenv(const struct lwsi_status_snapshot *s, cJSON *doc)
   }
 }
 
+/* group.unverified_refusal: refusals this worker could not verify with
+ * the token (a token that differs, most likely); absent when none. */
+static void add_unverified_refusal(const struct lwsi_status_snapshot *s, cJSON *g)
+{
+  if (s->unverified_refusal.count == 0)
+    return;
+  cJSON *u = cJSON_AddObjectToObject(g, "unverified_refusal");
+  if (u == NULL)
+    return;
+  cJSON_AddNumberToObject(u, "count", (double)s->unverified_refusal.count);
+  cJSON_AddStringToObject(u, "reason", s->unverified_refusal.reason);
+  cJSON_AddStringToObject(u, "check",
+                          "every member must have the same --token-file / LWSINIT_TOKEN");
+}
+
+/* launch_check (leader): the mode, whether the commands were compared,
+ * and the members whose launch command differs from the leader's. */
+static void add_launch_check(const struct lwsi_status_snapshot *s, cJSON *doc)
+{
+  if (!s->has_launch_check)
+    return;
+  cJSON *lc = cJSON_AddObjectToObject(doc, "launch_check");
+  if (lc == NULL)
+    return;
+  cJSON_AddStringToObject(lc, "mode", s->launch_check.mode);
+  cJSON_AddBoolToObject(lc, "compared", s->launch_check.compared);
+  cJSON_AddNumberToObject(lc, "ranks_differing", s->launch_check.ranks);
+  cJSON_AddNumberToObject(lc, "differences", (double)s->launch_check.differences);
+  cJSON *arr = cJSON_AddArrayToObject(lc, "ranks");
+  for (size_t i = 0; arr != NULL && i < s->launch_check.nlisted; i++) {
+    const struct lwsi_status_launch_diff *d = &s->launch_check.listed[i];
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
+      cJSON_Delete(o);
+      return;
+    }
+    cJSON_AddNumberToObject(o, "rank", d->rank);
+    cJSON_AddNumberToObject(o, "differences", d->count);
+    cJSON_AddStringToObject(o, "detail", d->detail);
+  }
+}
+
+/* The launch check's and the unverified refusals' metrics. */
+static void launch_check_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b)
+{
+  if (s->has_launch_check && s->launch_check.compared) {
+    lwsi_metrics_gauge(b, "lwsinit_launch_check_ranks_differing",
+                       "Members whose launch command differs from the leader's.",
+                       s->launch_check.ranks);
+    lwsi_metrics_family(b, "lwsinit_launch_check_differences", LWSI_METRICS_GAUGE,
+                        "Arguments of a member's launch command that differ from the leader's "
+                        "(the first 16 members that differ).");
+    for (size_t i = 0; i < s->launch_check.nlisted; i++) {
+      char rank[16];
+      snprintf(rank, sizeof(rank), "%u", s->launch_check.listed[i].rank);
+      const struct lwsi_metrics_label l[] = {{"rank", rank}};
+      lwsi_metrics_sample(b, "lwsinit_launch_check_differences", l, 1,
+                          s->launch_check.listed[i].count);
+    }
+  }
+  if (s->has_group && s->rank != 0)
+    lwsi_metrics_counter(b, "lwsinit_rdzv_unverified_refusals_total",
+                         "Refusals of this member the leader could not prove with the token.",
+                         s->unverified_refusal.count);
+}
+
 cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
 {
   cJSON *doc = cJSON_CreateObject();
@@ -239,11 +305,13 @@ cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
       cJSON_AddNumberToObject(g, "peer_losses", (double)s->peer_losses);
       if (s->group.broken[0] != '\0')
         cJSON_AddStringToObject(g, "broken", s->group.broken);
+      add_unverified_refusal(s, g);
     }
   }
   add_gpu_check(s, doc);
   add_node_check(s, doc);
   add_netenv(s, doc);
+  add_launch_check(s, doc);
   if (s->rank == 0 && s->has_group)
     add_members(s, doc);
   if (s->last_error[0] != '\0')
@@ -521,5 +589,6 @@ int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b
   }
   if (s->has_group)
     member_metrics(s, b);
+  launch_check_metrics(s, b);
   return b->err;
 }

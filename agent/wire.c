@@ -168,6 +168,47 @@ static void add_rank_list(struct builder *b, cJSON *obj, const char *key, const 
   }
 }
 
+/* Whether a join's launch command keeps to the bounds and the text rule. */
+static bool cmd_ok(const struct lwsi_msg_join *j)
+{
+  if (j->ncmd > LWSI_WIRE_CMD_MAX_ARGS || j->ncmd > j->cmd_total ||
+      j->cmd_total > LWSI_WIRE_CMD_MAX_TOTAL || (j->ncmd > 0 && j->cmd == NULL))
+    return false;
+  size_t text = 0;
+  for (uint32_t i = 0; i < j->ncmd; i++) {
+    if (j->cmd[i] == NULL || !lwsi_wire_text_ok(j->cmd[i]))
+      return false;
+    text += strlen(j->cmd[i]);
+    if (text > LWSI_WIRE_CMD_MAX_TEXT)
+      return false;
+  }
+  return true;
+}
+
+static void add_cmd(struct builder *b, cJSON *obj, const struct lwsi_msg_join *j)
+{
+  if (b->err)
+    return;
+  if (!cmd_ok(j)) {
+    b->err = -EINVAL;
+    return;
+  }
+  add_num(b, obj, "cmd_total", j->cmd_total);
+  cJSON *arr = b->err ? NULL : cJSON_AddArrayToObject(obj, "cmd");
+  if (arr == NULL) {
+    b->err = b->err ? b->err : -ENOMEM;
+    return;
+  }
+  for (uint32_t i = 0; i < j->ncmd; i++) {
+    cJSON *s = cJSON_CreateString(j->cmd[i]);
+    if (s == NULL || !cJSON_AddItemToArray(arr, s)) {
+      cJSON_Delete(s);
+      b->err = -ENOMEM;
+      return;
+    }
+  }
+}
+
 static void encode_body(struct builder *b, const struct lwsi_msg *m)
 {
   cJSON *o = b->obj;
@@ -190,6 +231,9 @@ static void encode_body(struct builder *b, const struct lwsi_msg *m)
     add_str(b, o, "pod", j->pod, sizeof(j->pod));
     add_hex(b, o, "nonce", j->nonce, LWSI_WIRE_NONCE_LEN);
     add_hex(b, o, "challenge", j->challenge, LWSI_WIRE_CHALLENGE_LEN);
+    add_str(b, o, "preset", j->preset, sizeof(j->preset));
+    add_num(b, o, "dist_port", j->dist_port);
+    add_cmd(b, o, j);
     add_hex(b, o, "digest", j->digest, LWSI_WIRE_DIGEST_LEN);
     add_bool(b, o, "auth", j->auth);
     if (j->auth)
@@ -408,6 +452,46 @@ static int get_bool(const cJSON *o, const char *key, bool *out)
       return try_rc_;                                                                              \
   } while (0)
 
+/* The launch command: an array of at most LWSI_WIRE_CMD_MAX_ARGS text
+ * arguments, LWSI_WIRE_CMD_MAX_TEXT bytes in all, no more than cmd_total.
+ * One allocation: the pointers, then the texts. */
+static int get_cmd(const cJSON *o, struct lwsi_msg_join *j)
+{
+  const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "cmd");
+  if (!cJSON_IsArray(arr))
+    return -EBADMSG;
+  int count = cJSON_GetArraySize(arr);
+  if (count < 0 || (uint32_t)count > LWSI_WIRE_CMD_MAX_ARGS || (uint32_t)count > j->cmd_total)
+    return -EBADMSG;
+  size_t text = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, arr)
+  {
+    if (!cJSON_IsString(it) || it->valuestring == NULL || !lwsi_wire_text_ok(it->valuestring))
+      return -EBADMSG;
+    text += strlen(it->valuestring);
+    if (text > LWSI_WIRE_CMD_MAX_TEXT)
+      return -EBADMSG;
+  }
+  size_t head = ((size_t)count + 1) * sizeof(char *);
+  char **v = malloc(head + text + (size_t)count + 1);
+  if (v == NULL)
+    return -ENOMEM;
+  char *t = (char *)v + head;
+  uint32_t i = 0;
+  cJSON_ArrayForEach(it, arr)
+  {
+    size_t n = strlen(it->valuestring) + 1;
+    memcpy(t, it->valuestring, n);
+    v[i++] = t;
+    t += n;
+  }
+  v[i] = NULL;
+  j->cmd = v;
+  j->ncmd = i;
+  return 0;
+}
+
 static int decode_join(const cJSON *o, struct lwsi_msg_join *j)
 {
   TRY(get_u32(o, "rank", LWSI_WIRE_MAX_SIZE - 1, &j->rank));
@@ -417,6 +501,10 @@ static int decode_join(const cJSON *o, struct lwsi_msg_join *j)
   TRY(get_str(o, "pod", j->pod, sizeof(j->pod)));
   TRY(get_hex(o, "nonce", j->nonce, sizeof(j->nonce)));
   TRY(get_hex(o, "challenge", j->challenge, sizeof(j->challenge)));
+  TRY(get_str(o, "preset", j->preset, sizeof(j->preset)));
+  TRY(get_u32(o, "dist_port", 65535, &j->dist_port));
+  TRY(get_u32(o, "cmd_total", LWSI_WIRE_CMD_MAX_TOTAL, &j->cmd_total));
+  TRY(get_cmd(o, j));
   TRY(get_hex(o, "digest", j->digest, sizeof(j->digest)));
   TRY(get_bool(o, "auth", &j->auth));
   if (j->auth)
@@ -625,6 +713,8 @@ void lwsi_wire_msg_free(struct lwsi_msg *m)
     free(m->release.members);
   else if (m->type == LWSI_MSG_APP)
     free(m->app.data);
+  else if (m->type == LWSI_MSG_JOIN)
+    free(m->join.cmd);
   memset(m, 0, sizeof(*m));
 }
 
@@ -770,6 +860,33 @@ static int mac_of(const uint8_t *token, size_t token_len, struct macbuf *m, uint
   return rc;
 }
 
+/* The join's launch command for its MAC: SHA-256 over each argument,
+ * length-prefixed, so that the MAC input stays small whatever it holds. */
+static int cmd_hash(const struct lwsi_msg_join *j, uint8_t out[LWSI_SHA256_LEN])
+{
+  if (!cmd_ok(j))
+    return -EINVAL;
+  size_t cap = 1;
+  for (uint32_t i = 0; i < j->ncmd; i++)
+    cap += strlen(j->cmd[i]) + 4;
+  uint8_t *buf = malloc(cap);
+  if (buf == NULL)
+    return -ENOMEM;
+  size_t n = 0;
+  for (uint32_t i = 0; i < j->ncmd; i++) {
+    size_t l = strlen(j->cmd[i]);
+    buf[n++] = (uint8_t)(l >> 24);
+    buf[n++] = (uint8_t)(l >> 16);
+    buf[n++] = (uint8_t)(l >> 8);
+    buf[n++] = (uint8_t)l;
+    memcpy(buf + n, j->cmd[i], l);
+    n += l;
+  }
+  int rc = lwsi_crypto_sha256(buf, n, out);
+  free(buf);
+  return rc;
+}
+
 int lwsi_wire_join_mac(const uint8_t *token, size_t token_len, const struct lwsi_msg_hello *hello,
                        const struct lwsi_msg_join *j, uint8_t mac[LWSI_WIRE_MAC_LEN])
 {
@@ -786,6 +903,15 @@ int lwsi_wire_join_mac(const uint8_t *token, size_t token_len, const struct lwsi
   mb_put(&m, j->digest, sizeof(j->digest));
   mb_text(&m, j->revision, sizeof(j->revision));
   mb_text(&m, j->pod, sizeof(j->pod));
+  mb_text(&m, j->preset, sizeof(j->preset));
+  mb_u32(&m, j->dist_port);
+  mb_u32(&m, j->cmd_total);
+  mb_u32(&m, j->ncmd);
+  uint8_t cmd[LWSI_SHA256_LEN];
+  int rc = cmd_hash(j, cmd);
+  if (rc < 0)
+    return rc;
+  mb_put(&m, cmd, sizeof(cmd));
   return mac_of(token, token_len, &m, mac);
 }
 

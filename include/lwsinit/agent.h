@@ -13,6 +13,7 @@
 #include "lwsinit/netenv.h"
 #include "lwsinit/nodecheck.h"
 #include "lwsinit/rdzv.h"
+#include "lwsinit/status.h"
 #include "lwsinit/resolver.h"
 #include "lwsinit/status_sock.h"
 #include "lwsinit/supervisor.h"
@@ -88,6 +89,14 @@ struct lwsi_agent {
   int exit_code;
   bool done; /* the exit code is decided */
   char last_error[1024];
+  /* The launch check (leader) and unverified refusals (worker): what
+   * /status and /metrics show of them. */
+  bool launch_compared;
+  uint32_t launch_ranks;
+  uint64_t launch_differences;
+  struct lwsi_status_launch_diff launch_listed[LWSI_STATUS_LAUNCH_LISTED];
+  uint64_t unverified_count;
+  char unverified_reason[512];
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p);

@@ -1,8 +1,7 @@
 /* The engine's command line: COMMAND with its placeholders replaced and the
  * preset's multi-node flags appended (contract, "Launching"), and the
- * digest that members compare before launch, so that a member started
- * from another template cannot join a group whose engines would then
- * disagree about their ranks or ports. */
+ * launch command that the leader compares with each member's before
+ * launch, so that members whose engines would disagree are named. */
 #ifndef LWSINIT_CMDLINE_H
 #define LWSINIT_CMDLINE_H
 
@@ -10,6 +9,7 @@
 #include <stdint.h>
 
 struct lwsi_config;
+struct lwsi_launchck_cmd;
 
 struct lwsi_cmdline_values {
   const char *leader;    /* as given */
@@ -25,11 +25,11 @@ struct lwsi_cmdline_values {
 int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_values *v,
                        char ***out, char *bad, size_t badlen);
 
-/* SHA-256 over what must be the same on every rank: the preset, the engine
- * port, and COMMAND as written, with placeholders unexpanded and arguments
- * that could spell a rank (a number below the group size, alone or after
- * '=', as `$(LWS_WORKER_INDEX)` expands to) left out on every rank alike.
- * Returns 0 or a negative errno. */
-int lwsi_cmdline_digest(const struct lwsi_config *cfg, uint8_t out[32]);
+/* The launch command this member sends the leader (contract, "Launch
+ * check"): COMMAND as written, placeholders unexpanded, then the flags the
+ * preset appends on every rank; in the form it travels
+ * (lwsi_launchck_build). Returns 0 or a negative errno (-ELIBACC: no
+ * libcrypto for the digest). Free with lwsi_launchck_free. */
+int lwsi_cmdline_launch_check(const struct lwsi_config *cfg, struct lwsi_launchck_cmd *out);
 
 #endif

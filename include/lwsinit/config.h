@@ -9,6 +9,7 @@
 
 #include "lwsinit/engine.h"
 #include "lwsinit/health.h"
+#include "lwsinit/launchck.h"
 
 #define LWSI_CONFIG_ERR_MAX 512
 #define LWSI_TOKEN_MAX 4096
@@ -74,6 +75,7 @@ struct lwsi_config {
   bool termination_log_given;
   enum lwsi_log_format log_format;
   enum lwsi_log_level log_level;
+  enum lwsi_launchck_mode launch_check; /* --launch-check */
 
   /* Subcommands: status and probe. */
   bool status_json;

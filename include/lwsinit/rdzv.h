@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "lwsinit/launchck.h"
 #include "lwsinit/wire.h"
 
 /* Defaults for the knobs the contract does not expose. */
@@ -34,9 +35,14 @@ struct lwsi_rdzv_config {
   const uint8_t *token; /* the shared secret (trailing whitespace already
                          * stripped), or NULL/0: an open group */
   size_t token_len;
-  uint8_t cmd_digest[LWSI_WIRE_DIGEST_LEN]; /* the launch command's digest */
   uint32_t gpus;                            /* this node's GPU count (expected) */
   const char *pod;                          /* this member's pod name, or NULL */
+  /* What every member must share (a difference fails the group), and the
+   * launch command the leader compares (contract, "Launch check"). */
+  const char *preset;                     /* the preset's name; NULL: "" */
+  uint32_t dist_port;                     /* {dist_port}, 0 when none */
+  const struct lwsi_launchck_cmd *cmd;    /* copied by start; NULL: empty */
+  enum lwsi_launchck_mode launch_check;   /* the leader's: warn, strict or off */
 
   /* Leader: where to listen ("0.0.0.0" or "::" for all addresses; port 0
    * picks a free one, see lwsi_rdzv_port). Worker: the leader's resolved IP
@@ -99,6 +105,16 @@ enum lwsi_rdzv_ev {
    * worker; worker: from its leader, in the order sent, never before
    * RELEASED. */
   LWSI_RDZV_EV_APP,
+  /* Leader, just before RELEASED with --launch-check warn: member rank's
+   * launch command differs from the leader's; count: the differences,
+   * reason: the first of them ("argument 7 is '8', the leader's is
+   * '16'"). One event per such member. */
+  LWSI_RDZV_EV_LAUNCH_DIFF,
+  /* Worker: the leader (or whoever answers on its address) ended the join
+   * without proof of the token (a refusal, a fail, a welcome without
+   * proof): the worker retries until its deadline, as RETRYING also says.
+   * reason: what it said. Reported at every such answer. */
+  LWSI_RDZV_EV_UNVERIFIED,
 };
 
 struct lwsi_rdzv_event {
@@ -113,6 +129,7 @@ struct lwsi_rdzv_event {
    * only during the callback. */
   const char *kind;
   const char *data;
+  uint32_t count; /* LAUNCH_DIFF: the number of differences; else 0 */
 };
 
 /* The state each member reports in its heartbeats. */
@@ -190,6 +207,8 @@ struct lwsi_rdzv {
   char missing[LWSI_WIRE_REASON_MAX]; /* the latest "ranks 2, 3" */
   uint32_t nmissing;
   uint8_t *rbuf; /* read buffer, one for all connections */
+  char preset[LWSI_WIRE_PRESET_MAX];
+  struct lwsi_launchck_cmd cmd; /* this member's launch command (owned copy) */
 
   /* Private: the leader's alone (agent/rdzv_leader.c). */
   struct {

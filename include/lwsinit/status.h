@@ -54,6 +54,15 @@ struct lwsi_status_member {
   bool upstream;
 };
 
+/* The launch check (contract, "Launch check"): one member whose launch
+ * command differs from the leader's. */
+#define LWSI_STATUS_LAUNCH_LISTED 16 /* members listed; the rest are counted */
+struct lwsi_status_launch_diff {
+  uint32_t rank;
+  uint32_t count;   /* differences */
+  char detail[512]; /* the first of them, as the leader logged them */
+};
+
 /* Time spent in one phase so far, the current one included. */
 struct lwsi_status_phase {
   const char *name;
@@ -174,6 +183,26 @@ struct lwsi_status_snapshot {
   } netenv;
 
   const char *last_error; /* "" when none */
+
+  /* The launch check, on the leader of a group (has_launch_check): the
+   * mode, whether the commands were compared (at the release), and the
+   * members that differ (the first LWSI_STATUS_LAUNCH_LISTED of them). */
+  bool has_launch_check;
+  struct {
+    const char *mode;
+    bool compared;
+    uint32_t ranks;       /* members that differ */
+    uint64_t differences; /* in all */
+    const struct lwsi_status_launch_diff *listed;
+    size_t nlisted;
+  } launch_check;
+
+  /* A worker's refusals it could not verify with the token (contract,
+   * "Membership"): how many, and the latest; count 0 when none. */
+  struct {
+    uint64_t count;
+    const char *reason; /* "" when none */
+  } unverified_refusal;
 };
 
 /* Builds the document. NULL on allocation failure. */

@@ -27,7 +27,7 @@
 
 #define LWSI_WIRE_NONCE_LEN 16     /* an agent's incarnation, 128 random bits */
 #define LWSI_WIRE_CHALLENGE_LEN 32 /* a per-connection random challenge */
-#define LWSI_WIRE_DIGEST_LEN 32    /* the launch command's digest (caller's) */
+#define LWSI_WIRE_DIGEST_LEN 32    /* the digest of the launch command's rest */
 #define LWSI_WIRE_MAC_LEN 32       /* HMAC-SHA256 */
 
 /* Text fields, sizes including the NUL. Longer text is a decode error, not
@@ -43,6 +43,15 @@
  * line of compact JSON fits) of at most 8 KiB. */
 #define LWSI_WIRE_KIND_MAX 33          /* 32 characters and the NUL */
 #define LWSI_WIRE_DATA_MAX (8192 + 1)  /* 8 KiB and the NUL */
+
+/* The launch command in the join (docs/protocol.md, "join"): at most the
+ * first 512 arguments and 16 KiB of their text (escaped, NULs not
+ * counted); what is past that bound travels as a digest. Even with JSON's
+ * escapes (a backslash doubles) that keeps a join under 40 KiB. */
+#define LWSI_WIRE_CMD_MAX_ARGS 512
+#define LWSI_WIRE_CMD_MAX_TEXT 16384
+#define LWSI_WIRE_CMD_MAX_TOTAL 1048576 /* arguments in all: more than ARG_MAX allows */
+#define LWSI_WIRE_PRESET_MAX 32
 
 /* Ranks are 0 .. size-1; the config allows groups of up to 65536. */
 #define LWSI_WIRE_MAX_SIZE 65536
@@ -80,6 +89,16 @@ struct lwsi_msg_join {
   char pod[LWSI_WIRE_POD_MAX];
   uint8_t nonce[LWSI_WIRE_NONCE_LEN];
   uint8_t challenge[LWSI_WIRE_CHALLENGE_LEN]; /* for the leader's proof */
+  /* What every member must share: the preset and {dist_port} (0: none). */
+  char preset[LWSI_WIRE_PRESET_MAX];
+  uint32_t dist_port;
+  /* The launch command (include/lwsinit/launchck.h): cmd_total arguments,
+   * the first ncmd of them in cmd (escaped text; encode: the caller's;
+   * decode: malloc'd, freed by lwsi_wire_msg_free), and the digest of the
+   * others. */
+  uint32_t cmd_total;
+  uint32_t ncmd;
+  char **cmd;
   uint8_t digest[LWSI_WIRE_DIGEST_LEN];
   bool auth; /* the worker has a token; mac is set */
   uint8_t mac[LWSI_WIRE_MAC_LEN];
@@ -226,7 +245,9 @@ int lwsi_wire_split(struct lwsi_wire_reader *r, const uint8_t **data, size_t *le
                     const uint8_t **frame, size_t *flen);
 
 /* The worker's proof of the token: HMAC-SHA256(token, "lwsinit/1 join" ||
- * the leader's challenge and nonce || every field of the join but the mac).
+ * the leader's challenge and nonce || every field of the join but the mac;
+ * the launch command's arguments by their SHA-256). Also -EINVAL for a
+ * launch command over the bounds.
  * Returns 0, or -EINVAL (no token) / -EIO (libcrypto failed). */
 int lwsi_wire_join_mac(const uint8_t *token, size_t token_len, const struct lwsi_msg_hello *hello,
                        const struct lwsi_msg_join *join, uint8_t mac[LWSI_WIRE_MAC_LEN]);

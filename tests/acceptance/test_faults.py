@@ -713,6 +713,7 @@ def t_fake_leader(t):
             hello = read_frame(c, 5 * lt.SCALE)
             join = {"v": 1, "type": "join", "rank": 1, "size": 2, "gpus": 0, "revision": "",
                     "pod": "relay", "nonce": "44" * 16, "challenge": "55" * 32,
+                    "preset": "none", "dist_port": 0, "cmd_total": 1, "cmd": ["engine"],
                     "digest": "66" * 32, "auth": auth}
             if mac:
                 join["mac"] = mac

@@ -8,7 +8,7 @@
  * starts with "lwsinit: ". What it accepts must hold up: a group has
  * rank < size, the heartbeat fits the peer timeout, every string field is
  * terminated, and the engine's command line builds (lwsi_cmdline_build,
- * lwsi_cmdline_digest) without an error: a placeholder the parser let
+ * lwsi_cmdline_launch_check) without an error: a placeholder the parser let
  * through must expand.
  *
  * --token-file is opened by the parser: every path the input gives it is
@@ -19,6 +19,7 @@
 #include "lwsinit/config.h"
 #include "lwsinit/engine.h"
 #include "lwsinit/expand.h"
+#include "lwsinit/launchck.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -165,8 +166,9 @@ static void check_accepted(const struct lwsi_config *cfg, int argc, char **argv)
     n++;
   CHECK(n >= (size_t)cfg->argc);
   lwsi_expand_free(out);
-  uint8_t digest[32];
-  CHECK(lwsi_cmdline_digest(cfg, digest) == 0);
+  struct lwsi_launchck_cmd lc;
+  CHECK(lwsi_cmdline_launch_check(cfg, &lc) == 0);
+  lwsi_launchck_free(&lc);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -45,6 +45,19 @@ static void check_decoded(const struct lwsi_msg *m)
     CHECK(m->join.rank < LWSI_WIRE_MAX_SIZE);
     check_text(m->join.revision, sizeof(m->join.revision));
     check_text(m->join.pod, sizeof(m->join.pod));
+    check_text(m->join.preset, sizeof(m->join.preset));
+    /* The launch command keeps its bounds, each argument wire text. */
+    CHECK(m->join.ncmd <= LWSI_WIRE_CMD_MAX_ARGS && m->join.ncmd <= m->join.cmd_total);
+    CHECK(m->join.cmd_total <= LWSI_WIRE_CMD_MAX_TOTAL && m->join.dist_port <= 65535);
+    CHECK(m->join.ncmd == 0 || m->join.cmd[m->join.ncmd] == NULL);
+    {
+      size_t text = 0;
+      for (uint32_t i = 0; i < m->join.ncmd; i++) {
+        CHECK(lwsi_wire_text_ok(m->join.cmd[i]));
+        text += strlen(m->join.cmd[i]);
+      }
+      CHECK(text <= LWSI_WIRE_CMD_MAX_TEXT);
+    }
     break;
   case LWSI_MSG_WELCOME:
     CHECK(m->welcome.rank < LWSI_WIRE_MAX_SIZE);

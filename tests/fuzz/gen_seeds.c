@@ -95,6 +95,13 @@ static void wire(void)
   fill(m.join.nonce, sizeof(m.join.nonce), 3);
   fill(m.join.challenge, sizeof(m.join.challenge), 4);
   fill(m.join.digest, sizeof(m.join.digest), 5);
+  strcpy(m.join.preset, "sglang");
+  m.join.dist_port = 5000;
+  char *cmd[] = {"python3", "-m", "sglang.launch_server", "--tp", "8", "--host", "10.0.0.5",
+                 "--dist-init-addr", "{leader_ip}:{dist_port}", NULL};
+  m.join.cmd_total = 10;
+  m.join.ncmd = 9;
+  m.join.cmd = cmd;
   m.join.auth = true;
   fill(m.join.mac, sizeof(m.join.mac), 6);
   frame("join", &m, 1);

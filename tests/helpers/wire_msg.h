@@ -19,6 +19,17 @@
  * every field that travels. Fields that do not travel are ignored (a join's
  * mac without auth, a welcome's proof without auth, a heartbeat's echo and
  * held without has_echo), since decode cannot give them back. */
+/* The launch commands of two joins, argument by argument. */
+static inline bool wire_msg_cmd_equal(const struct lwsi_msg_join *x, const struct lwsi_msg_join *y)
+{
+  if (x->ncmd != y->ncmd)
+    return false;
+  for (uint32_t i = 0; i < x->ncmd; i++)
+    if (strcmp(x->cmd[i], y->cmd[i]) != 0)
+      return false;
+  return true;
+}
+
 static inline bool wire_msg_equal(const struct lwsi_msg *a, const struct lwsi_msg *b)
 {
   if (a->type != b->type || a->v != b->v)
@@ -35,7 +46,9 @@ static inline bool wire_msg_equal(const struct lwsi_msg *a, const struct lwsi_ms
            memcmp(x->nonce, y->nonce, sizeof(x->nonce)) == 0 &&
            memcmp(x->challenge, y->challenge, sizeof(x->challenge)) == 0 &&
            memcmp(x->digest, y->digest, sizeof(x->digest)) == 0 && x->auth == y->auth &&
-           (!x->auth || memcmp(x->mac, y->mac, sizeof(x->mac)) == 0);
+           (!x->auth || memcmp(x->mac, y->mac, sizeof(x->mac)) == 0) &&
+           strcmp(x->preset, y->preset) == 0 && x->dist_port == y->dist_port &&
+           x->cmd_total == y->cmd_total && wire_msg_cmd_equal(x, y);
   }
   case LWSI_MSG_WELCOME:
     return a->welcome.rank == b->welcome.rank && a->welcome.auth == b->welcome.auth &&

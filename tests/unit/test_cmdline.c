@@ -1,8 +1,11 @@
-/* The engine's command line: presets and the group digest. */
+/* The engine's command line: presets, and the launch command each member
+ * sends the leader with the leader's comparison (launchck). */
 #include "lwsinit/cmdline.h"
 
 #include "lwsinit/config.h"
 #include "lwsinit/expand.h"
+#include "lwsinit/launchck.h"
+#include "lwsinit/wire.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +66,132 @@ static void expect_cmd(const char *preset, char **argv, int argc, unsigned rank,
                        const char *want)
 {
   expect_cmd_at(preset, argv, argc, rank, "10.0.0.7", want);
+}
+
+/* A launch command from a list, as a member would send it. */
+static void cmd_of(struct lwsi_launchck_cmd *c, const char *const *argv, uint32_t argc)
+{
+  if (lwsi_launchck_build(argv, argc, c) < 0)
+    TAP_OK(0, "lwsi_launchck_build");
+}
+
+/* The number of differences between the leader's (rank 0) and a member's
+ * command, and the detail in d. */
+static uint32_t differ(const char *const *l, uint32_t ln, const char *const *m, uint32_t mn,
+                       uint32_t rank, char *d, size_t dlen)
+{
+  struct lwsi_launchck_cmd a, b;
+  cmd_of(&a, l, ln);
+  cmd_of(&b, m, mn);
+  uint32_t n = lwsi_launchck_compare(&a, 0, &b, rank, d, dlen);
+  lwsi_launchck_free(&a);
+  lwsi_launchck_free(&b);
+  return n;
+}
+
+static void launch_check_tests(void)
+{
+  /* What a member sends: COMMAND as written, then the preset's flags on
+   * every rank, placeholders unexpanded. */
+  char *a1[] = {"engine", "--node-rank", "2", "--tp", "8"};
+  setup(a1, 5, "sglang");
+  struct lwsi_launchck_cmd c;
+  TAP_OK(lwsi_cmdline_launch_check(&cfg, &c) == 0, "the launch command builds");
+  TAP_OK(c.total == 11 && c.n == 11, "COMMAND and the preset's 6 flags (%u of %u)", c.n, c.total);
+  TAP_OK(strcmp(c.args[2], "2") == 0 && strcmp(c.args[5], "--dist-init-addr") == 0 &&
+             strcmp(c.args[6], "{leader_ip}:{dist_port}") == 0,
+         "placeholders stay unexpanded: '%s'", c.args[6]);
+  lwsi_launchck_free(&c);
+  setup(a1, 5, "vllm");
+  TAP_OK(lwsi_cmdline_launch_check(&cfg, &c) == 0 && c.total == 13,
+         "vllm: its workers' --headless is not part of it (%u)", c.total);
+  lwsi_launchck_free(&c);
+
+  char d[1024];
+  /* Small-number skew, which the old digest left out. */
+  const char *l16[] = {"engine", "--tp", "16"}, *w8[] = {"engine", "--tp", "8"};
+  TAP_OK(differ(l16, 3, w8, 3, 2, d, sizeof(d)) == 1, "--tp 8 vs 16: one difference");
+  TAP_STR_EQ(d, "argument 2 is '8', the leader's is '16'", "the detail names position and values");
+  const char *l2[] = {"engine", "--tp", "2"}, *w1[] = {"engine", "--tp", "1"};
+  TAP_OK(differ(l2, 3, w1, 3, 1, d, sizeof(d)) == 1,
+         "--tp 1 on rank 1 vs the leader's --tp 2 is a difference: %s", d);
+  const char *le[] = {"engine", "--tensor-parallel-size=2"};
+  const char *we[] = {"engine", "--tensor-parallel-size=4"};
+  TAP_OK(differ(le, 2, we, 2, 1, d, sizeof(d)) == 1, "the '=' form differs");
+  TAP_STR_EQ(d, "argument 1 is '--tensor-parallel-size=4', the leader's is "
+                "'--tensor-parallel-size=2'", "named with the whole argument");
+
+  /* Each side's own rank is equal: alone, or after the same name=. */
+  const char *lr[] = {"engine", "--node-rank", "0", "--rank=0", "--tp", "2"};
+  const char *wr[] = {"engine", "--node-rank", "2", "--rank=2", "--tp", "2"};
+  TAP_OK(differ(lr, 6, wr, 6, 2, d, sizeof(d)) == 0, "own ranks are equal (%s)", d);
+  TAP_OK(differ(lr, 6, wr, 6, 3, d, sizeof(d)) == 2,
+         "another rank's number is not this member's rank: %s", d);
+  const char *wx[] = {"engine", "--node-rank", "2", "--size=2", "--tp", "2"};
+  TAP_OK(differ(lr, 6, wx, 6, 2, d, sizeof(d)) == 1, "the rank after another name differs");
+
+  /* Per-pod values: reported, with both values. */
+  const char *lh[] = {"engine", "--host", "10.0.0.5"}, *wh[] = {"engine", "--host", "10.0.0.6"};
+  TAP_OK(differ(lh, 3, wh, 3, 1, d, sizeof(d)) == 1, "a per-pod value is a difference");
+  TAP_STR_EQ(d, "argument 2 is '10.0.0.6', the leader's is '10.0.0.5'", "both values");
+
+  /* Lengths, and the count past the first three. */
+  const char *ls[] = {"e", "a"}, *wl[] = {"e", "a", "b"};
+  TAP_OK(differ(ls, 2, wl, 3, 1, d, sizeof(d)) == 1, "an extra argument");
+  TAP_STR_EQ(d, "argument 2 is 'b', the leader has none", "named as extra");
+  TAP_OK(differ(wl, 3, ls, 2, 1, d, sizeof(d)) == 1, "a missing argument");
+  TAP_STR_EQ(d, "argument 2 is missing, the leader's is 'b'", "named as missing");
+  const char *m5[] = {"e", "1", "2", "3", "4", "5"}, *n5[] = {"e", "6", "7", "8", "9", "10"};
+  TAP_OK(differ(m5, 6, n5, 6, 3, d, sizeof(d)) == 5, "five differences");
+  TAP_OK(strstr(d, "; and 2 more") != NULL && strstr(d, "argument 4") == NULL,
+         "three listed, then a count: %s", d);
+
+  /* A long value is shown cut; the comparison is on the whole. */
+  char long1[200], long2[200];
+  memset(long1, 'x', 199);
+  long1[199] = '\0';
+  memcpy(long2, long1, 200);
+  long2[198] = 'y';
+  const char *g1[] = {"e", long1}, *g2[] = {"e", long2};
+  TAP_OK(differ(g1, 2, g2, 2, 1, d, sizeof(d)) == 1 && strstr(d, "...'") != NULL &&
+             strlen(d) < 200,
+         "a difference at the end of a long value, shown cut (%zu bytes)", strlen(d));
+
+  /* Escaping: one-to-one, and wire text. */
+  char e[64];
+  TAP_OK(lwsi_launchck_escape("a\nb\\c\xff\xc3\xa9", e, sizeof(e)) == 15, "escaped length");
+  TAP_STR_EQ(e, "a\\x0ab\\\\c\\xff\xc3\xa9", "control, backslash, invalid UTF-8; UTF-8 kept");
+  TAP_OK(lwsi_wire_text_ok(e), "the escaped text is wire text");
+  TAP_OK(lwsi_launchck_escape("abc\\def", e, 5) == 8 && strcmp(e, "abc") == 0,
+         "cut on a whole piece: '%s'", e);
+  const char *b1[] = {"e", "a\nb"}, *b2[] = {"e", "a\\x0ab"};
+  TAP_OK(differ(b1, 2, b2, 2, 1, d, sizeof(d)) == 1, "an escape and its text differ");
+
+  /* The bound: 512 arguments or 16 KiB; the rest by its digest. */
+  static const char *big1[600], *big2[600];
+  for (int i = 0; i < 600; i++)
+    big1[i] = big2[i] = "--x";
+  struct lwsi_launchck_cmd k;
+  cmd_of(&k, big1, 600);
+  TAP_OK(k.n == LWSI_WIRE_CMD_MAX_ARGS && k.total == 600, "600 arguments: 512 sent (%u)", k.n);
+  lwsi_launchck_free(&k);
+  TAP_OK(differ(big1, 600, big2, 600, 1, d, sizeof(d)) == 0, "the same past the bound");
+  big2[550] = "--y";
+  TAP_OK(differ(big1, 600, big2, 600, 1, d, sizeof(d)) == 1 &&
+             strstr(d, "from argument 512 on differ") != NULL,
+         "a difference past the bound: %s", d);
+  TAP_OK(differ(big1, 600, big2, 599, 1, d, sizeof(d)) == 1, "a shorter tail differs");
+  big2[550] = "--x";
+  big2[3] = "--y";
+  TAP_OK(differ(big1, 600, big2, 600, 1, d, sizeof(d)) == 1 &&
+             strstr(d, "argument 3 is '--y'") != NULL,
+         "within the bound, by argument");
+  static char text[LWSI_WIRE_CMD_MAX_TEXT];
+  memset(text, 'z', sizeof(text) - 1);
+  const char *t1[] = {"e", "f", text, "g"};
+  cmd_of(&k, t1, 4);
+  TAP_OK(k.n == 2 && k.total == 4, "16 KiB of text: the arguments before it (%u)", k.n);
+  lwsi_launchck_free(&k);
 }
 
 int main(void)
@@ -126,31 +255,6 @@ int main(void)
   char *plain[] = {"engine", "--rank={rank}", "{leader}", "{\"k\": 1}"};
   expect_cmd(NULL, plain, 4, 2, "engine --rank=2 sglang-0.sglang.default {\"k\": 1}");
 
-  /* The digest ignores this pod's rank as Kubernetes spelled it, and
-   * nothing else. */
-  uint8_t d1[32], d2[32], d3[32];
-  char *a1[] = {"engine", "--base-gpu-id", "2", "--tp", "8"};
-  setup(a1, 5, "sglang");
-  TAP_OK(lwsi_cmdline_digest(&cfg, d1) == 0, "digest");
-  char *a2[] = {"engine", "--base-gpu-id", "{rank}", "--tp", "8"};
-  setup(a2, 5, "sglang");
-  lwsi_cmdline_digest(&cfg, d2);
-  TAP_OK(memcmp(d1, d2, 32) == 0, "an argument spelling the rank is left out");
-  char *a3[] = {"engine", "--base-gpu-id", "2", "--tp", "16"};
-  setup(a3, 5, "sglang");
-  lwsi_cmdline_digest(&cfg, d3);
-  TAP_OK(memcmp(d1, d3, 32) != 0, "a different --tp changes the digest");
-  setup(a1, 5, "vllm");
-  lwsi_cmdline_digest(&cfg, d3);
-  TAP_OK(memcmp(d1, d3, 32) != 0, "a different preset changes the digest");
-  /* The same template on the leader (rank 0) and a worker: a literal 0
-   * (a seed) must not read as the leader's rank on one side only. */
-  char *s0[] = {"engine", "--seed", "0", "--node-rank", "2"};
-  char *s1[] = {"engine", "--seed", "0", "--node-rank", "1"};
-  setup(s0, 5, NULL);
-  lwsi_cmdline_digest(&cfg, d1);
-  setup(s1, 5, NULL);
-  lwsi_cmdline_digest(&cfg, d2);
-  TAP_OK(memcmp(d1, d2, 32) == 0, "numbers below the group size are left out on every rank");
+  launch_check_tests();
   return tap_done();
 }

@@ -12,7 +12,7 @@
 
 #include "tap.h"
 
-#define EVN (LWSI_RDZV_EV_APP + 1)
+#define EVN (LWSI_RDZV_EV_UNVERIFIED + 1)
 
 struct agent {
   struct lwsi_rdzv r;
@@ -133,8 +133,12 @@ static void teardown(struct agent *agents, size_t n, const char *what)
   TAP_OK(uv_loop_close(&loop) == 0, "%s: the loop closes cleanly", what);
 }
 
-static const uint8_t digest_a[32] = {0xab, 1, 2, 3};
-static const uint8_t digest_b[32] = {0xab, 1, 2, 4};
+/* Launch commands as a member sends them (launchck.h): the leader's, and
+ * one with another --tp. */
+static char *args_a[] = {"engine", "--tp", "16", NULL};
+static char *args_b[] = {"engine", "--tp", "8", NULL};
+static const struct lwsi_launchck_cmd cmd_a = {3, 3, args_a, {0}};
+static const struct lwsi_launchck_cmd cmd_b = {3, 3, args_b, {0}};
 
 static void config(struct lwsi_rdzv_config *c, uint32_t size, uint32_t rank, uint16_t port)
 {
@@ -142,7 +146,9 @@ static void config(struct lwsi_rdzv_config *c, uint32_t size, uint32_t rank, uin
   c->size = size;
   c->rank = rank;
   c->revision = "rev-1";
-  memcpy(c->cmd_digest, digest_a, 32);
+  c->preset = "sglang";
+  c->dist_port = 5000;
+  c->cmd = &cmd_a;
   c->gpus = 8;
   c->host = "127.0.0.1";
   c->port = port;
@@ -358,6 +364,11 @@ static void unproven_case(const char *what, struct lwsi_rdzv_config *lc,
          "%s: the leader refused it %d times in 700 ms", what, a[0].count[LWSI_RDZV_EV_REFUSED]);
   TAP_OK(strstr(a[1].last[LWSI_RDZV_EV_TIMEOUT], want) != NULL,
          "%s: the deadline names it: '%s'", what, a[1].last[LWSI_RDZV_EV_TIMEOUT]);
+  TAP_OK(a[1].count[LWSI_RDZV_EV_UNVERIFIED] >= 1 &&
+             a[1].count[LWSI_RDZV_EV_UNVERIFIED] <= a[1].count[LWSI_RDZV_EV_RETRYING] &&
+             strstr(a[1].last[LWSI_RDZV_EV_UNVERIFIED], want) != NULL,
+         "%s: each unproven answer is an UNVERIFIED event (%d): '%s'", what,
+         a[1].count[LWSI_RDZV_EV_UNVERIFIED], a[1].last[LWSI_RDZV_EV_UNVERIFIED]);
   TAP_OK(a[0].count[LWSI_RDZV_EV_JOINED] == 0 && a[1].count[LWSI_RDZV_EV_JOINED] == 0,
          "%s: nobody joined", what);
   teardown(a, 2, what);
@@ -643,7 +654,11 @@ static void fake_hello(struct fake *f, const struct lwsi_msg_hello *h)
   strcpy(m.join.revision, "rev-1");
   strcpy(m.join.pod, "fake");
   memcpy(m.join.nonce, f->nonce, sizeof(f->nonce));
-  memcpy(m.join.digest, digest_a, 32);
+  strcpy(m.join.preset, "sglang");
+  m.join.dist_port = 5000;
+  m.join.cmd_total = 3;
+  m.join.ncmd = 3;
+  m.join.cmd = args_a;
   uint8_t *frame;
   size_t len;
   if (lwsi_wire_encode(&m, &frame, &len) < 0)
@@ -774,34 +789,84 @@ static void test_rejoin_after_release(void)
   teardown(a, 1, what);
 }
 
-/* Members whose launch command or GPU count differs from the leader's fail
- * the group before launch, naming the ranks. */
-static void test_mismatch(void)
+/* The leader and three workers, rank 2 with cmd_b (or as set by tweak);
+ * the leader's --launch-check is mode. */
+static void mismatch_group(struct agent *a, enum lwsi_launchck_mode mode,
+                           void (*tweak)(struct lwsi_rdzv_config *c))
 {
-  const char *what = "command digest mismatch";
   setup();
-  struct agent a[4];
   struct lwsi_rdzv_config c;
   config(&c, 4, 0, 0);
+  c.launch_check = mode;
   start(&a[0], &c);
   uint16_t port = lwsi_rdzv_port(&a[0].r);
   for (uint32_t i = 1; i < 4; i++) {
     config(&c, 4, i, port);
     if (i == 2)
-      memcpy(c.cmd_digest, digest_b, 32);
+      tweak(&c);
     start(&a[i], &c);
   }
+}
+
+static void tweak_cmd(struct lwsi_rdzv_config *c) { c->cmd = &cmd_b; }
+static void tweak_preset(struct lwsi_rdzv_config *c)
+{
+  c->preset = "vllm";
+  c->dist_port = 5001;
+}
+
+/* Members whose launch command differs from the leader's: with warn the
+ * group forms and the leader hears which; with strict it fails, naming
+ * the rank, the position and both values; with off nothing is compared.
+ * The preset, {dist_port} and the GPU count fail the group in every mode. */
+static void test_mismatch(void)
+{
+  const char *what = "launch check warn";
+  struct agent a[4];
+  mismatch_group(a, LWSI_LAUNCHCK_WARN, tweak_cmd);
+  TAP_OK(WAIT_UNTIL(all_count(a, 4, LWSI_RDZV_EV_RELEASED, 1), 3000),
+         "%s: the group forms", what);
+  TAP_OK(a[0].count[LWSI_RDZV_EV_LAUNCH_DIFF] == 1 && a[0].last_rank[LWSI_RDZV_EV_LAUNCH_DIFF] == 2,
+         "%s: the leader hears of rank 2 once (%d)", what, a[0].count[LWSI_RDZV_EV_LAUNCH_DIFF]);
+  TAP_STR_EQ(a[0].last[LWSI_RDZV_EV_LAUNCH_DIFF], "argument 2 is '8', the leader's is '16'",
+             "%s: the position and both values", what);
+  TAP_OK(a[0].seq[LWSI_RDZV_EV_LAUNCH_DIFF] < a[0].seq[LWSI_RDZV_EV_RELEASED],
+         "%s: before RELEASED", what);
+  teardown(a, 4, what);
+
+  what = "launch check strict";
+  mismatch_group(a, LWSI_LAUNCHCK_STRICT, tweak_cmd);
   TAP_OK(WAIT_UNTIL(all_count(a, 4, LWSI_RDZV_EV_FAILED, 1), 3000),
          "%s: the leader and every worker report the failure", what);
-  TAP_OK(strcmp(a[0].last[LWSI_RDZV_EV_FAILED],
-                "the launch command differs from the leader's on rank 2; every member must run "
-                "the same COMMAND and options") == 0,
-         "%s: names the rank: '%s'", what, a[0].last[LWSI_RDZV_EV_FAILED]);
+  TAP_STR_EQ(a[0].last[LWSI_RDZV_EV_FAILED],
+             "the launch command differs from the leader's: rank 2: argument 2 is '8', the "
+             "leader's is '16' (--launch-check strict: every member must run the same COMMAND "
+             "and options)",
+             "%s: names the rank, the position and both values", what);
   TAP_OK(strcmp(a[3].last[LWSI_RDZV_EV_FAILED], a[0].last[LWSI_RDZV_EV_FAILED]) == 0,
          "%s: the workers get the leader's reason", what);
   TAP_OK(all_count(a, 4, LWSI_RDZV_EV_RELEASED, 0), "%s: nobody is released", what);
   teardown(a, 4, what);
 
+  what = "launch check off";
+  mismatch_group(a, LWSI_LAUNCHCK_OFF, tweak_cmd);
+  TAP_OK(WAIT_UNTIL(all_count(a, 4, LWSI_RDZV_EV_RELEASED, 1), 3000) &&
+             a[0].count[LWSI_RDZV_EV_LAUNCH_DIFF] == 0,
+         "%s: the group forms without comparing", what);
+  teardown(a, 4, what);
+
+  what = "preset mismatch";
+  mismatch_group(a, LWSI_LAUNCHCK_OFF, tweak_preset);
+  TAP_OK(WAIT_UNTIL(all_count(a, 4, LWSI_RDZV_EV_FAILED, 1), 3000),
+         "%s: fails the group even with --launch-check off", what);
+  TAP_STR_EQ(a[0].last[LWSI_RDZV_EV_FAILED],
+             "the preset differs from the leader's 'sglang' on rank 2 (rank 2 has 'vllm'); "
+             "{dist_port} differs from the leader's 5000 on rank 2 (rank 2 has 5001)",
+             "%s: names both", what);
+  teardown(a, 4, what);
+
+  struct lwsi_rdzv_config c;
+  uint16_t port;
   what = "GPU count mismatch";
   setup();
   config(&c, 3, 0, 0);

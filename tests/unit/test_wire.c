@@ -19,6 +19,7 @@ static void fill(uint8_t *p, size_t n, uint8_t seed)
 /* One sample of every message type, with every optional part present and
  * the version set, as decode gives a message back. */
 static uint32_t sample_missing[] = {2, 3, 9};
+static char *sample_cmd[] = {"python3", "-m", "sglang.launch_server", NULL};
 static struct lwsi_wire_member sample_members[3] = {
     {0, "10.0.0.1", "lws-0"}, {1, "10.0.0.2", "lws-0-1"}, {2, "fd00::3", "lws-0-2"}};
 
@@ -42,6 +43,11 @@ static void sample(enum lwsi_msg_type t, struct lwsi_msg *m)
     fill(m->join.nonce, sizeof(m->join.nonce), 3);
     fill(m->join.challenge, sizeof(m->join.challenge), 4);
     fill(m->join.digest, sizeof(m->join.digest), 5);
+    strcpy(m->join.preset, "sglang");
+    m->join.dist_port = 5000;
+    m->join.cmd_total = 4;
+    m->join.ncmd = 3;
+    m->join.cmd = sample_cmd;
     m->join.auth = true;
     fill(m->join.mac, sizeof(m->join.mac), 6);
     break;
@@ -525,6 +531,37 @@ static void test_proofs(void)
              !lwsi_wire_mac_equal(mac, mac2),
          "the mac covers the command digest");
   j2 = j;
+  char *other_cmd[] = {"python3", "-m", "sglang.launch_server --tp", NULL};
+  j2.join.cmd = other_cmd;
+  TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
+             !lwsi_wire_mac_equal(mac, mac2),
+         "the mac covers the launch command's arguments");
+  char *shifted[] = {"python3", "-msglang.launch_server", "", NULL};
+  j2.join.cmd = shifted;
+  TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
+             !lwsi_wire_mac_equal(mac, mac2),
+         "... with their boundaries");
+  j2 = j;
+  j2.join.ncmd = 2;
+  TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
+             !lwsi_wire_mac_equal(mac, mac2),
+         "... and their number");
+  j2 = j;
+  j2.join.cmd_total = 5;
+  TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
+             !lwsi_wire_mac_equal(mac, mac2),
+         "... and the total");
+  j2 = j;
+  strcpy(j2.join.preset, "vllm");
+  TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
+             !lwsi_wire_mac_equal(mac, mac2),
+         "the mac covers the preset");
+  j2 = j;
+  j2.join.dist_port = 5001;
+  TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
+             !lwsi_wire_mac_equal(mac, mac2),
+         "the mac covers {dist_port}");
+  j2 = j;
   j2.join.nonce[0] ^= 1;
   TAP_OK(lwsi_wire_join_mac(tok, 6, &h.hello, &j2.join, mac2) == 0 &&
              !lwsi_wire_mac_equal(mac, mac2),
@@ -594,6 +631,90 @@ static void test_proofs(void)
 
 /* The application message: a kind token and up to 8 KiB of text, both
  * checked on the way out and on the way in. */
+/* The join's launch command: what decodes, and its bounds. */
+#define JOIN_HEAD                                                                                  \
+  "{\"v\":1,\"type\":\"join\",\"rank\":1,\"size\":2,\"gpus\":0,\"revision\":\"\",\"pod\":\"p\","   \
+  "\"nonce\":\"00000000000000000000000000000000\",\"challenge\":"                                  \
+  "\"0000000000000000000000000000000000000000000000000000000000000000\",\"preset\":\"none\","      \
+  "\"dist_port\":0,\"digest\":"                                                                    \
+  "\"0000000000000000000000000000000000000000000000000000000000000000\",\"auth\":false,"
+
+static int join_with(const char *tail)
+{
+  char *json = NULL;
+  if (asprintf(&json, "%s%s}", JOIN_HEAD, tail) < 0)
+    return -ENOMEM;
+  int rc = decode_str(json);
+  free(json);
+  return rc;
+}
+
+static void test_join_cmd(void)
+{
+  struct lwsi_msg m;
+  const char *ok = JOIN_HEAD "\"cmd_total\":3,\"cmd\":[\"engine\",\"--tp\",\"8\"]}";
+  TAP_OK(lwsi_wire_decode((const uint8_t *)ok, strlen(ok), &m) == 0 && m.join.ncmd == 3 &&
+             m.join.cmd_total == 3 && strcmp(m.join.cmd[2], "8") == 0 && m.join.cmd[3] == NULL &&
+             strcmp(m.join.preset, "none") == 0,
+         "a join's launch command decodes");
+  lwsi_wire_msg_free(&m);
+  TAP_OK(join_with("\"cmd_total\":0,\"cmd\":[]") == 0, "an empty command decodes");
+  TAP_OK(join_with("\"cmd_total\":9,\"cmd\":[\"a\"]") == 0, "fewer sent than in all");
+  TAP_OK(join_with("\"cmd_total\":1,\"cmd\":[\"a\",\"b\"]") == -EBADMSG,
+         "more sent than in all is refused");
+  TAP_OK(join_with("\"cmd_total\":1") == -EBADMSG, "no cmd is refused");
+  TAP_OK(join_with("\"cmd\":[\"a\"]") == -EBADMSG, "no cmd_total is refused");
+  TAP_OK(join_with("\"cmd_total\":1,\"cmd\":\"a\"") == -EBADMSG, "cmd as text is refused");
+  TAP_OK(join_with("\"cmd_total\":1,\"cmd\":[1]") == -EBADMSG, "a number as argument is refused");
+  TAP_OK(join_with("\"cmd_total\":1,\"cmd\":[\"a\\nb\"]") == -EBADMSG,
+         "a control character is refused");
+  TAP_OK(join_with("\"cmd_total\":2000000,\"cmd\":[]") == -EBADMSG, "a huge total is refused");
+  /* 513 arguments, and 16 KiB + 1 of text. */
+  size_t cap = 64 + 513 * 4 + LWSI_WIRE_CMD_MAX_TEXT + 8;
+  char *t = malloc(cap);
+  size_t o = (size_t)snprintf(t, cap, "\"cmd_total\":600,\"cmd\":[");
+  for (int i = 0; i < 513; i++)
+    o += (size_t)snprintf(t + o, cap - o, "%s\"a\"", i ? "," : "");
+  snprintf(t + o, cap - o, "]");
+  TAP_OK(join_with(t) == -EBADMSG, "513 arguments are refused");
+  o = (size_t)snprintf(t, cap, "\"cmd_total\":2,\"cmd\":[\"");
+  memset(t + o, 'x', LWSI_WIRE_CMD_MAX_TEXT);
+  o += LWSI_WIRE_CMD_MAX_TEXT;
+  snprintf(t + o, cap - o, "\",\"y\"]");
+  TAP_OK(join_with(t) == -EBADMSG, "16 KiB and 1 byte of text is refused");
+  snprintf(t + o, cap - o, "\"]");
+  TAP_OK(join_with(t) == 0, "16 KiB of text decodes");
+  free(t);
+  /* The encoder keeps the same rules. */
+  struct lwsi_msg j;
+  sample(LWSI_MSG_JOIN, &j);
+  uint8_t *frame;
+  size_t len;
+  char *bad[] = {"a\tb", NULL};
+  j.join.cmd = bad;
+  j.join.ncmd = 1;
+  TAP_OK(lwsi_wire_encode(&j, &frame, &len) == -EINVAL, "the encoder refuses a control character");
+  sample(LWSI_MSG_JOIN, &j);
+  j.join.cmd_total = 2;
+  TAP_OK(lwsi_wire_encode(&j, &frame, &len) == -EINVAL, "... and more sent than in all");
+  /* The largest join fits a frame, backslashes doubled by JSON. */
+  static char big[LWSI_WIRE_CMD_MAX_TEXT + 1];
+  memset(big, '\\', LWSI_WIRE_CMD_MAX_TEXT);
+  char *bigv[] = {big, NULL};
+  sample(LWSI_MSG_JOIN, &j);
+  j.join.cmd = bigv;
+  j.join.ncmd = 1;
+  j.join.cmd_total = 1;
+  TAP_OK(lwsi_wire_encode(&j, &frame, &len) == 0 && len < LWSI_WIRE_MAX_PAYLOAD,
+         "the largest join fits one frame (%zu bytes)", len);
+  struct lwsi_msg back;
+  TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &back) == 0 &&
+             strcmp(back.join.cmd[0], big) == 0,
+         "and decodes to the same text");
+  lwsi_wire_msg_free(&back);
+  free(frame);
+}
+
 static void test_app(void)
 {
   struct lwsi_msg in, out;
@@ -703,6 +824,7 @@ int main(void)
 {
   test_round_trips();
   test_app();
+  test_join_cmd();
   test_encode_refuses();
   test_decode_refuses();
   test_truncated_and_mutated();
