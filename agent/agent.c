@@ -355,18 +355,15 @@ static void engine_hung(struct lwsi_agent *a)
   const struct lwsi_upstream *u = &a->upstream;
   uint64_t now = uv_now(&a->loop);
   uint64_t failed_ms = now - u->failing_since_ms;
-  time_t since = time(NULL) - (time_t)(failed_ms / 1000);
-  struct tm tm;
-  char when[32] = "?";
-  if (gmtime_r(&since, &tm) != NULL)
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  /* No wall-clock time here: deadlines and their texts use the monotonic
+   * clock only; the log line's own timestamp dates the verdict. */
   char why[1600];
   snprintf(why, sizeof(why),
-           "the engine hung: its health URL %s has failed every poll for %.0f s since %s "
-           "(--hang-timeout %.3g s; last: %s); check the engine's log for a stuck collective "
-           "or a GPU fault",
-           a->upstream_url, (double)failed_ms / 1000.0, when,
-           (double)a->cfg->hang_timeout_ms / 1000.0, u->last_error);
+           "the engine hung: its health URL %s has failed every poll for %.1f s, since it last "
+           "answered healthy (--hang-timeout %.3g s; last: %s); check the engine's log for a "
+           "stuck collective or a GPU fault",
+           a->upstream_url, (double)failed_ms / 1000.0, (double)a->cfg->hang_timeout_ms / 1000.0,
+           u->last_error);
   engine_failed_tell(a, why);
   char bye[96];
   snprintf(bye, sizeof(bye), "the engine on rank %u hung", a->cfg->rank);
