@@ -173,8 +173,11 @@ static bool fail_delay_start(struct lwsi_agent *a)
     return false;
   a->fail_delay_on = true;
   set_phase(a, LWSI_PHASE_FAILED);
-  /* Nothing of the group goes on meanwhile: the others learn at once. */
-  leave_group(a, a->last_error[0] ? a->last_error : "failed");
+  /* Nothing of the group goes on meanwhile: the others learn at once. The
+   * reason is short, as the wire bounds it; the full line is in /status. */
+  char bye[64];
+  snprintf(bye, sizeof(bye), "failed (exit %d)", code);
+  leave_group(a, bye);
   lwsi_upstream_close(&a->upstream);
   if (a->reresolve_timer_on)
     uv_timer_stop(&a->reresolve_timer);
