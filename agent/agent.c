@@ -46,6 +46,15 @@ static bool is_leader(const struct lwsi_agent *a)
   return !a->cfg->standalone && a->cfg->rank == 0;
 }
 
+/* Group health and the ordered stop: defined in their own section below. */
+static bool fail_delay_start(struct lwsi_agent *a);
+static bool ordered_stop_signal(struct lwsi_agent *a, int sig, const char *name);
+static bool ordered_child_exited(struct lwsi_agent *a, int code);
+static void engine_failed_tell(struct lwsi_agent *a, const char *why);
+static bool ordered_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static void on_group_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static void hang_watch(struct lwsi_agent *a);
+
 /* The engine's state, in the one vocabulary that the status document and
  * the heartbeats share (lwsi_status_child_name). */
 static enum lwsi_status_child child_state(const struct lwsi_agent *a)
@@ -81,6 +90,8 @@ static void finish(struct lwsi_agent *a, int code, const char *why)
       set_phase(a, LWSI_PHASE_FAILED);
     report_failure(a, why);
   }
+  if (fail_delay_start(a))
+    return;
   uv_stop(&a->loop);
 }
 
@@ -109,6 +120,283 @@ static void stop_for_group(struct lwsi_agent *a, int code, const char *why)
   finish(a, code, why);
 }
 
+/* ---- group health and the ordered stop ------------------------------ */
+
+/* The group's own messages after release (docs/protocol.md, "app"):
+ *   stopping       leader -> workers: the leader's stop began (SIGTERM);
+ *   engine_exited  leader -> workers: the leader's engine has exited
+ *                  during its stop, so theirs may stop now;
+ *   engine_failed  a member -> the leader -> the others: its engine
+ *                  exited on its own or hung; {"rank":N,"reason":"..."}. */
+#define MSG_STOPPING "stopping"
+#define MSG_ENGINE_EXITED "engine_exited"
+#define MSG_ENGINE_FAILED "engine_failed"
+
+static bool group_released(const struct lwsi_agent *a)
+{
+  return a->rdzv_on && a->rdzv.state == LWSI_RDZV_RELEASED && a->cfg->size > 1;
+}
+
+/* What this agent reports of its engine in its heartbeats, and in its own
+ * row of the leader's status. */
+static void local_health(struct lwsi_agent *a, struct lwsi_rdzv_local *out)
+{
+  const struct lwsi_upstream *u = &a->upstream;
+  lwsi_text_copy(out->child, sizeof(out->child), lwsi_status_child_name(child_state(a)));
+  out->upstream = a->upstream_on && u->ok;
+  out->has_health = true;
+  out->upstream_on = a->upstream_on;
+  out->upstream_age_ms = a->upstream_on && u->known ? uv_now(&a->loop) - u->changed_ms : 0;
+  const char *err = !a->upstream_on || u->ok ? ""
+                    : a->upstream_err[0]     ? a->upstream_err
+                    : !u->known              ? "no answer yet"
+                                             : u->last_error;
+  lwsi_text_copy(out->upstream_error, sizeof(out->upstream_error), err);
+  out->stopping = a->sup.stopping || a->phase >= LWSI_PHASE_STOPPING;
+}
+
+static void on_fail_delay_end(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  uv_stop(&a->loop);
+}
+
+/* --fail-delay (contract, "Exit status"): before exiting 3, 4, 5 or 7, stay
+ * up unready with the reason in /status, so that a failing group is seen
+ * and is not recreated in a hot loop (kubernetes-sigs/lws#1048). Returns
+ * true when the delay began: the exit waits for its timer. */
+static bool fail_delay_start(struct lwsi_agent *a)
+{
+  int code = a->exit_code;
+  if (a->fail_delay_on || a->cfg->fail_delay_ms == 0 || !a->group_timers_on ||
+      (code != LWSI_EXIT_DNS && code != LWSI_EXIT_RDZV && code != LWSI_EXIT_GPU &&
+       code != LWSI_EXIT_HANG))
+    return false;
+  a->fail_delay_on = true;
+  set_phase(a, LWSI_PHASE_FAILED);
+  /* Nothing of the group goes on meanwhile: the others learn at once. The
+   * reason is short, as the wire bounds it; the full line is in /status. */
+  char bye[64];
+  snprintf(bye, sizeof(bye), "failed (exit %d)", code);
+  leave_group(a, bye);
+  lwsi_upstream_close(&a->upstream);
+  if (a->reresolve_timer_on)
+    uv_timer_stop(&a->reresolve_timer);
+  lwsi_log_info("staying up for %.3g s (--fail-delay), unready, before exiting %d",
+                (double)a->cfg->fail_delay_ms / 1000.0, code);
+  uv_timer_start(&a->fail_timer, on_fail_delay_end, a->cfg->fail_delay_ms, 0);
+  return true;
+}
+
+/* Tells the group that this member's engine failed (exited on its own, or
+ * hung), so that the others' line names the rank and the reason instead of
+ * a bare loss. A worker tells the leader, which tells every worker. */
+static void engine_failed_tell(struct lwsi_agent *a, const char *why)
+{
+  if (!group_released(a))
+    return;
+  char data[1200], reason[700];
+  lwsi_text_copy(reason, sizeof(reason), why);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "rank", a->cfg->rank);
+  cJSON_AddStringToObject(o, "reason", reason);
+  if (cJSON_PrintPreallocated(o, data, sizeof(data), 0)) {
+    int rc = a->cfg->rank == 0 ? lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, data)
+                               : lwsi_rdzv_app_send(&a->rdzv, MSG_ENGINE_FAILED, data);
+    if (rc < 0)
+      lwsi_log_debug("cannot tell the group that the engine failed: %s", strerror(-rc));
+  }
+  cJSON_Delete(o);
+}
+
+/* Another member's engine failed: with --on-failure exit (the only policy
+ * this build acts on), this member stops its engine and exits 6. */
+static void on_engine_failed(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (a->ordered_stop || a->stop_exit_code != 0 || a->done)
+    return; /* Stopping already: its own child's status, or the first failure, wins. */
+  cJSON *o = cJSON_Parse(ev->data);
+  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
+  const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+  char why[1400];
+  long long r = cJSON_IsNumber(rank) ? (long long)rank->valuedouble : ev->rank;
+  snprintf(why, sizeof(why), "the engine failed on rank %lld: %s", r,
+           cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+  /* The leader passes the word on before it leaves, so that every worker
+   * names the failed rank rather than a lost leader. */
+  if (a->cfg->rank == 0 && group_released(a))
+    lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, ev->data);
+  cJSON_Delete(o);
+  leave_group(a, "an engine of the group failed");
+  stop_for_group(a, LWSI_EXIT_PEER, why);
+}
+
+/* The ordered stop (contract, "The init"): a worker's engine keeps serving
+ * its leader's in-flight requests until the leader's engine has exited (or
+ * the leader is gone), and its own drain has passed, at the latest
+ * --drain-delay + --grace after its stop began. */
+static void ordered_stop_begin(struct lwsi_agent *a, int sig, const char *who)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  a->ordered_stop = true;
+  set_phase(a, LWSI_PHASE_STOPPING);
+  if (cfg->rank == 0) {
+    lwsi_log_info("%s; stopping the group in order: the engine gets %s after the drain "
+                  "(%llu ms), the workers' engines once it has exited",
+                  who, sig == SIGINT ? "SIGINT" : "SIGTERM",
+                  (unsigned long long)cfg->drain_delay_ms);
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_STOPPING, "{}") < 0)
+      lwsi_log_debug("cannot tell the workers that the leader stops");
+  } else {
+    bool wait = !a->leader_engine_exited;
+    struct lwsi_rdzv_member m;
+    if (lwsi_rdzv_member(&a->rdzv, 0, &m) == 0 && !m.alive)
+      wait = false;
+    lwsi_log_info("%s; unready now, the engine gets SIGTERM after the drain (%llu ms)%s", who,
+                  (unsigned long long)cfg->drain_delay_ms,
+                  wait ? " once the leader's engine has exited (at the latest after the drain "
+                         "and the grace)"
+                       : "");
+    if (wait)
+      lwsi_supervisor_hold(&a->sup, cfg->drain_delay_ms + cfg->grace_ms);
+  }
+  lwsi_supervisor_stop(&a->sup, sig, true);
+}
+
+/* SIGTERM or SIGINT while the engine runs in a released group. Returns
+ * false when the plain stop applies (no group, before launch, or a second
+ * signal, which hurries the stop as always). */
+static bool ordered_stop_signal(struct lwsi_agent *a, int sig, const char *name)
+{
+  if (a->sup.child == 0 || !a->sup.child_running || !group_released(a) ||
+      a->stop_exit_code != 0)
+    return false;
+  if (a->sup.stopping) {
+    /* The leader's word began this stop: our own signal (a group deletion
+     * signals every pod at once) is not a second one, and must not cut the
+     * ordered stop short. */
+    if (a->ordered_stop && !a->stop_by_signal) {
+      a->stop_by_signal = true;
+      lwsi_log_info("received %s; already stopping in order", name);
+      return true;
+    }
+    return false;
+  }
+  a->stop_by_signal = true;
+  char who[64];
+  snprintf(who, sizeof(who), "received %s", name);
+  ordered_stop_begin(a, sig, who);
+  return true;
+}
+
+/* The engine exited during the ordered stop: the leader tells its workers
+ * (their engines may stop now), then everyone leaves with a bye and exits
+ * with the child's status. Returns false outside an ordered stop. */
+static bool ordered_child_exited(struct lwsi_agent *a, int code)
+{
+  if (!a->ordered_stop)
+    return false;
+  char why[96];
+  if (a->cfg->rank == 0 && group_released(a) &&
+      lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_EXITED, "{}") < 0)
+    lwsi_log_debug("cannot tell the workers that the leader's engine exited");
+  snprintf(why, sizeof(why), "stopped: the engine on rank %u exited with status %d", a->cfg->rank,
+           code);
+  leave_group(a, why);
+  finish(a, code, NULL);
+  return true;
+}
+
+/* While this agent stops in order, a member that leaves is no loss: the
+ * agent exits with its child's status. The leader gone releases a held
+ * forward. Returns false when the loss policy applies. */
+static bool ordered_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (!a->ordered_stop)
+    return false;
+  lwsi_log_info("rank %lld left while stopping (%s): not a loss", (long long)ev->rank,
+                ev->reason);
+  if (ev->rank == 0) {
+    a->leader_engine_exited = true;
+    lwsi_supervisor_release(&a->sup);
+  }
+  return true;
+}
+
+static void on_group_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (strcmp(ev->kind, MSG_ENGINE_FAILED) == 0) {
+    on_engine_failed(a, ev);
+    return;
+  }
+  if (a->cfg->rank == 0 || ev->rank != 0 || a->done)
+    return; /* Only a worker takes the leader's stop messages. */
+  if (strcmp(ev->kind, MSG_STOPPING) == 0) {
+    if (!a->sup.stopping && a->sup.child_running && a->stop_exit_code == 0)
+      ordered_stop_begin(a, SIGTERM, "the leader is stopping");
+    else if (!a->sup.child_running && a->sup.child == 0 && !a->done) {
+      /* Before launch (a GPU check, say) there is no engine to order. */
+      lwsi_log_info("the leader is stopping before the engine started; exiting 143");
+      leave_group(a, "the leader is stopping");
+      set_phase(a, LWSI_PHASE_STOPPING);
+      finish(a, 128 + SIGTERM, NULL);
+    }
+  } else if (strcmp(ev->kind, MSG_ENGINE_EXITED) == 0) {
+    a->leader_engine_exited = true;
+    lwsi_log_info("the leader's engine has exited");
+    if (!a->sup.stopping && a->sup.child_running && a->stop_exit_code == 0)
+      ordered_stop_begin(a, SIGTERM, "the leader's engine has exited");
+    lwsi_supervisor_release(&a->sup);
+  }
+}
+
+/* --hang-timeout (contract, "Membership"): an engine that answered healthy
+ * once and has failed every poll for that long has hung. With --on-failure
+ * exit this member stops its engine and exits 7; the group learns which
+ * rank and why, and the others exit 6. */
+static void engine_hung(struct lwsi_agent *a)
+{
+  const struct lwsi_upstream *u = &a->upstream;
+  uint64_t now = uv_now(&a->loop);
+  uint64_t failed_ms = now - u->failing_since_ms;
+  /* No wall-clock time here: deadlines and their texts use the monotonic
+   * clock only; the log line's own timestamp dates the verdict. */
+  char why[1600];
+  snprintf(why, sizeof(why),
+           "the engine hung: its health URL %s has failed every poll for %.1f s, since it last "
+           "answered healthy (--hang-timeout %.3g s; last: %s); check the engine's log for a "
+           "stuck collective or a GPU fault",
+           a->upstream_url, (double)failed_ms / 1000.0, (double)a->cfg->hang_timeout_ms / 1000.0,
+           u->last_error);
+  engine_failed_tell(a, why);
+  char bye[96];
+  snprintf(bye, sizeof(bye), "the engine on rank %u hung", a->cfg->rank);
+  leave_group(a, bye);
+  stop_for_group(a, LWSI_EXIT_HANG, why);
+}
+
+static void on_hang_timer(uv_timer_t *t)
+{
+  hang_watch(t->data);
+}
+
+/* Arms the hang timer for when the engine would count as hung, from the
+ * upstream's own account (lwsi_upstream_hang_left), and acts when it has. */
+static void hang_watch(struct lwsi_agent *a)
+{
+  if (!a->group_timers_on || a->cfg->hang_timeout_ms == 0)
+    return;
+  uv_timer_stop(&a->hang_timer);
+  if (!a->upstream_on || a->sup.stopping || a->phase >= LWSI_PHASE_STOPPING || a->done)
+    return;
+  uint64_t left =
+      lwsi_upstream_hang_left(&a->upstream, uv_now(&a->loop), a->cfg->hang_timeout_ms);
+  if (left == 0)
+    engine_hung(a);
+  else if (left != UINT64_MAX)
+    uv_timer_start(&a->hang_timer, on_hang_timer, left, 0);
+}
+
 /* ---- the engine ---------------------------------------------------- */
 
 static void on_upstream(struct lwsi_upstream *u)
@@ -120,6 +408,7 @@ static void on_upstream(struct lwsi_upstream *u)
     lwsi_log_info("the engine's health URL does not answer yet: %s", u->last_error);
   else
     lwsi_log_warn("the engine's health URL fails: %s", u->last_error);
+  hang_watch(u->data);
 }
 
 /* Polls the engine's health URL, when there is one, after launch: libcurl
@@ -292,6 +581,13 @@ static void on_child_exited(struct lwsi_agent *a, int status)
     finish(a, a->stop_exit_code, NULL);
     return;
   }
+  if (ordered_child_exited(a, code))
+    return;
+  /* An engine that ended on its own is an engine failure for the group
+   * (contract, "Membership"): the others learn which rank and why before
+   * this member's bye. */
+  if (a->phase != LWSI_PHASE_STOPPING)
+    engine_failed_tell(a, what);
   char why[96];
   snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
   leave_group(a, why);
@@ -308,6 +604,14 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
   case LWSI_SUP_STOP_SIGNAL: {
     char why[LWSI_LOG_SIGNAL_NAME_MAX];
     lwsi_log_signal_name(arg, why, sizeof(why));
+    if (a->fail_delay_on) {
+      /* --fail-delay: a stop signal ends the wait at once, same code. */
+      lwsi_log_info("received %s during --fail-delay; exiting %d now", why, a->exit_code);
+      uv_stop(&a->loop);
+      return;
+    }
+    if (ordered_stop_signal(a, arg, why))
+      return;
     if (sup->child == 0) {
       /* Before launch there is nothing to drain: end as the signal would
        * have ended us (contract: a SIGTERM before launch exits 143). */
@@ -782,6 +1086,8 @@ static void on_released(struct lwsi_agent *a)
 static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
 {
   char why[400];
+  if (ordered_member_lost(a, ev))
+    return;
   a->peer_losses++;
   if (ev->rank == 0)
     snprintf(why, sizeof(why), "the leader (rank 0) was lost: %s", ev->reason);
@@ -896,8 +1202,10 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     on_member_lost(a, ev);
     return;
   case LWSI_RDZV_EV_APP:
-    if (!node_message(a, ev))
+    if (!node_message(a, ev)) {
       on_check_message(a, ev);
+      on_group_message(a, ev);
+    }
     return;
   case LWSI_RDZV_EV_LAUNCH_DIFF:
     on_launch_diff(a, ev);
@@ -910,9 +1218,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
 
 static void on_rdzv_local(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out)
 {
-  struct lwsi_agent *a = r->data;
-  lwsi_text_copy(out->child, sizeof(out->child), lwsi_status_child_name(child_state(a)));
-  out->upstream = a->upstream_on && a->upstream.ok;
+  local_health(r->data, out);
 }
 
 static void start_rdzv(struct lwsi_agent *a)
@@ -952,6 +1258,12 @@ static void start_rdzv(struct lwsi_agent *a)
   rc.cmd = &cmd;
   rc.launch_check = cfg->launch_check;
   set_phase(a, LWSI_PHASE_JOINING);
+  a->member_rows = calloc(cfg->size, sizeof(*a->member_rows));
+  a->health_rows = calloc(cfg->size, sizeof(*a->health_rows));
+  if (a->member_rows == NULL || a->health_rows == NULL) {
+    finish(a, 1, "cannot allocate the member table: out of memory");
+    return;
+  }
   a->rdzv.data = a;
   a->rdzv_on = true;
   err = lwsi_rdzv_start(&a->rdzv, &a->loop, &rc, on_rdzv, on_rdzv_local);
@@ -1090,6 +1402,34 @@ static uint32_t members_alive(struct lwsi_agent *a)
   return alive;
 }
 
+/* The leader's rows of its workers' engines, for /readyz (serving): what
+ * their heartbeats said, in the rows the agent owns (member_rows). */
+static void member_health_rows(struct lwsi_agent *a, struct lwsi_health_input *in)
+{
+  if (!is_leader(a) || a->member_rows == NULL || a->health_rows == NULL ||
+      a->rdzv.state != LWSI_RDZV_RELEASED)
+    return;
+  size_t n = 0;
+  for (uint32_t i = 1; i < a->cfg->size; i++) {
+    struct lwsi_rdzv_member *m = &a->member_rows[n];
+    if (lwsi_rdzv_member(&a->rdzv, i, m) < 0 || !m->alive)
+      continue; /* a dead member is the alive count's business */
+    a->health_rows[n++] = (struct lwsi_health_member){
+      .rank = m->rank,
+      .has_state = m->has_state,
+      .child = m->child,
+      .has_health = m->has_health,
+      .upstream_on = m->upstream_on,
+      .upstream_ok = m->upstream,
+      .upstream_age_ms = m->upstream_age_ms,
+      .upstream_error = m->upstream_error,
+      .stopping = m->stopping,
+    };
+  }
+  in->members = a->health_rows;
+  in->nmembers = n;
+}
+
 static void health_input(struct lwsi_agent *a, struct lwsi_health_input *in)
 {
   const struct lwsi_config *cfg = a->cfg;
@@ -1120,6 +1460,7 @@ static void health_input(struct lwsi_agent *a, struct lwsi_health_input *in)
                        : a->upstream_err[0] ? a->upstream_err
                        : !a->upstream.known ? "no answer yet"
                                             : a->upstream.last_error;
+  member_health_rows(a, in);
 }
 
 static void probe_checks(void *data, enum lwsi_health_kind kind, struct lwsi_health_list *out)
@@ -1193,6 +1534,30 @@ static void status_launch_check(struct lwsi_agent *a, struct lwsi_status_snapsho
       a->launch_ranks < LWSI_STATUS_LAUNCH_LISTED ? a->launch_ranks : LWSI_STATUS_LAUNCH_LISTED;
   s->unverified_refusal.count = a->unverified_count;
   s->unverified_refusal.reason = a->unverified_reason;
+}
+
+/* A member's engine health for its status row: from its heartbeats, or
+ * for our own row, our own state. */
+static void status_member_health(struct lwsi_agent *a, const struct lwsi_rdzv_member *m,
+                                 struct lwsi_status_member *row)
+{
+  if (m->rank == a->cfg->rank) {
+    struct lwsi_rdzv_local l;
+    memset(&l, 0, sizeof(l));
+    local_health(a, &l);
+    row->upstream = l.upstream;
+    row->has_health = true;
+    row->upstream_on = l.upstream_on;
+    row->upstream_age_ms = (int64_t)l.upstream_age_ms;
+    lwsi_text_copy(row->upstream_error, sizeof(row->upstream_error), l.upstream_error);
+    row->stopping = l.stopping;
+    return;
+  }
+  row->has_health = m->has_health;
+  row->upstream_on = m->upstream_on;
+  row->upstream_age_ms = m->upstream_age_ms;
+  lwsi_text_copy(row->upstream_error, sizeof(row->upstream_error), m->upstream_error);
+  row->stopping = m->stopping;
 }
 
 /* Fills the snapshot that status.c renders. members has room for a row per
@@ -1269,6 +1634,7 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
       row->has_state = m.has_state;
       lwsi_text_copy(row->child, sizeof(row->child), m.child);
       row->upstream = m.upstream;
+      status_member_health(a, &m, row);
     }
     s->members = members;
   }
@@ -1360,6 +1726,11 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
     finish(a, 1, why);
     return;
   }
+  uv_timer_init(&a->loop, &a->hang_timer);
+  uv_timer_init(&a->loop, &a->fail_timer);
+  a->hang_timer.data = a;
+  a->fail_timer.data = a;
+  a->group_timers_on = true;
   rc = lwsi_status_sock_start(&a->status_sock, &a->loop, cfg->status_socket, render_status, a);
   if (rc < 0) {
     /* People lose a view, the group loses nothing: keep going. */
@@ -1405,7 +1776,7 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   a->started_ms = uv_now(&a->loop);
   a->phase_since_ms = a->started_ms;
   start(a, orig_mask);
-  if (!a->done)
+  if (!a->done || a->fail_delay_on)
     uv_run(&a->loop, UV_RUN_DEFAULT);
 
   /* Close every handle and let the loop finish closing them, so that the
@@ -1428,6 +1799,12 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   for (uint32_t r = 0; a->node_failures != NULL && r < cfg->size; r++)
     free(a->node_failures[r]);
   free(a->node_failures);
+  free(a->member_rows);
+  free(a->health_rows);
+  if (a->group_timers_on) {
+    uv_close((uv_handle_t *)&a->hang_timer, NULL);
+    uv_close((uv_handle_t *)&a->fail_timer, NULL);
+  }
   lwsi_http_close(&a->http);
   lwsi_status_sock_close(&a->status_sock);
   lwsi_supervisor_close(&a->sup);

@@ -59,6 +59,7 @@ static const char *const network_env_choices[] = {"auto", "off", NULL};
 static const char *const log_level_choices[] = {"debug", "info", "warn", "error", NULL};
 /* In the order of enum lwsi_launchck_mode. */
 static const char *const launch_check_choices[] = {"warn", "strict", "off", NULL};
+static const char *const on_failure_choices[] = {"exit", "restart", NULL};
 
 enum {
   O_LEADER, O_SIZE, O_RANK, O_RDZV_PORT, O_PROBE_ADDR, O_STATUS_SOCKET, O_DNS_SERVER,
@@ -66,7 +67,7 @@ enum {
   O_DIST_PORT, O_DP_LOCAL, O_UPSTREAM, O_UPSTREAM_INTERVAL, O_UPSTREAM_TIMEOUT, O_READINESS,
   O_GRACE, O_DRAIN_DELAY, O_GPU_CHECK, O_GPUS, O_GPU_CHECK_TIMEOUT, O_GPU_CHECK_BYTES,
   O_GPU_MIN_BUSBW, O_NODE_CHECK, O_NETWORK_ENV, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG,
-  O_LOG_FORMAT, O_LOG_LEVEL, O_LAUNCH_CHECK,
+  O_LOG_FORMAT, O_LOG_LEVEL, O_LAUNCH_CHECK, O_HANG_TIMEOUT, O_ON_FAILURE, O_FAIL_DELAY,
   O_COUNT
 };
 
@@ -146,6 +147,13 @@ static const struct opt opts[O_COUNT] = {
   [O_LAUNCH_CHECK] = {"launch-check", "warn|strict|off", T_ENUM, F(launch_check), 0, 0,
                       launch_check_choices, "warn", NULL,
                       "launch commands that differ: warn, refuse the group, ignore"},
+  [O_HANG_TIMEOUT] = {"hang-timeout", "SEC", T_SEC, F(hang_timeout_ms), 0, DAY_MS, NULL, "0",
+                      NULL, "an engine healthy once, then failing every poll this long, hung "
+                      "(0: never)"},
+  [O_ON_FAILURE] = {"on-failure", "exit|restart", T_ENUM, F(on_failure), 0, 0,
+                    on_failure_choices, "exit", NULL, "what an engine failure does to the group"},
+  [O_FAIL_DELAY] = {"fail-delay", "SEC", T_SEC, F(fail_delay_ms), 0, DAY_MS, NULL, "0", NULL,
+                    "before exiting 3, 4, 5 or 7, stay up unready this long"},
 };
 
 /* Where an option's winning text came from. */
@@ -709,6 +717,12 @@ static int check_cross(struct lwsi_config *cfg, const struct source *src, char *
   if (cfg->gpu_check == LWSI_GPU_CHECK_NCCL && cfg->gpus == 0 && cfg->size > 1)
     return fail(err, errlen, "%s: 'nccl' in a group needs --gpus N (the GPUs on each node)",
                 src[O_GPU_CHECK].label);
+  /* Restarting the group in place needs the group to form again under a
+   * new epoch, which this build cannot do yet: refusing the option is
+   * better than silently exiting where the user asked for a restart. */
+  if (cfg->on_failure == LWSI_ON_FAILURE_RESTART)
+    return fail(err, errlen, "%s: 'restart' is not implemented yet: use 'exit'",
+                src[O_ON_FAILURE].label);
   if (src[O_DP_LOCAL].set && lwsi_engine_get(cfg->preset)->dp_local_flag == NULL) {
     char names[64];
     preset_names(" or ", true, names, sizeof(names));

@@ -273,6 +273,12 @@ int lwsi_rdzv_member(const struct lwsi_rdzv *r, uint32_t rank, struct lwsi_rdzv_
   out->has_state = s->has_state;
   lwsi_text_copy(out->child, sizeof(out->child), s->child);
   out->upstream = s->upstream;
+  out->has_health = s->has_health;
+  out->upstream_on = s->upstream_on;
+  out->upstream_age_ms =
+      s->has_health ? (int64_t)(s->upstream_age_ms + (now - s->health_at)) : -1;
+  lwsi_text_copy(out->upstream_error, sizeof(out->upstream_error), s->upstream_error);
+  out->stopping = s->stopping;
   return 0;
 }
 

@@ -333,6 +333,12 @@ void lwsi__rdzv_local_state(struct lwsi_rdzv *r, struct lwsi_rdzv_local *l)
   for (char *p = l->child; *p; p++)
     if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
       *p = '?';
+  /* An engine's error text may hold anything; the decoder takes printable
+   * ASCII-safe text only, so anything else becomes '?' here. */
+  l->upstream_error[sizeof(l->upstream_error) - 1] = '\0';
+  for (char *p = l->upstream_error; *p; p++)
+    if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+      *p = '?';
 }
 
 void lwsi__rdzv_send_hb(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
@@ -351,6 +357,11 @@ void lwsi__rdzv_send_hb(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   }
   lwsi_text_copy(m.hb.child, sizeof(m.hb.child), l->child);
   m.hb.upstream = l->upstream;
+  m.hb.has_health = l->has_health;
+  m.hb.upstream_on = l->upstream_on;
+  m.hb.upstream_age = l->upstream_age_ms;
+  lwsi_text_copy(m.hb.upstream_error, sizeof(m.hb.upstream_error), l->upstream_error);
+  m.hb.stopping = l->stopping;
   lwsi__rdzv_send_msg(c, &m);
 }
 
@@ -364,6 +375,12 @@ void lwsi__rdzv_take_hb(struct lwsi_rdzv_conn *c, struct lwsi_rdzv_slot *s,
   s->has_state = true;
   lwsi_text_copy(s->child, sizeof(s->child), hb->child);
   s->upstream = hb->upstream;
+  s->has_health = hb->has_health;
+  s->upstream_on = hb->upstream_on;
+  s->upstream_age_ms = hb->upstream_age;
+  s->health_at = uv_now(c->r->loop);
+  lwsi_text_copy(s->upstream_error, sizeof(s->upstream_error), hb->upstream_error);
+  s->stopping = hb->stopping;
   /* The echo is our own clock coming back; held is the time it sat at the
    * peer, so the difference is the network's round trip only. */
   if (hb->has_echo && hb->echo <= us && hb->held <= us - hb->echo)

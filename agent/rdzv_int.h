@@ -77,6 +77,12 @@ struct lwsi_rdzv_slot {
   bool has_state;
   char child[LWSI_WIRE_CHILD_MAX];
   bool upstream;
+  bool has_health;
+  bool upstream_on;
+  uint64_t upstream_age_ms; /* as reported ... */
+  uint64_t health_at;       /* ... at this uv_now */
+  char upstream_error[LWSI_WIRE_HEALTH_ERR_MAX];
+  bool stopping;
 };
 
 /* The leader's latest app broadcast of one kind, as sent. */

@@ -234,6 +234,13 @@ static void worker_release(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   r->slots[0].has_state = leader.has_state;
   lwsi_text_copy(r->slots[0].child, sizeof(r->slots[0].child), leader.child);
   r->slots[0].upstream = leader.upstream;
+  r->slots[0].has_health = leader.has_health;
+  r->slots[0].upstream_on = leader.upstream_on;
+  r->slots[0].upstream_age_ms = leader.upstream_age_ms;
+  r->slots[0].health_at = leader.health_at;
+  lwsi_text_copy(r->slots[0].upstream_error, sizeof(r->slots[0].upstream_error),
+                 leader.upstream_error);
+  r->slots[0].stopping = leader.stopping;
   r->state = LWSI_RDZV_RELEASED;
   r->as_worker.njoined = r->cfg.size - 1;
   r->missing[0] = '\0';

@@ -72,6 +72,23 @@ static void add_upstream(const struct lwsi_status_snapshot *s, cJSON *doc)
     cJSON_AddNullToObject(up, "error");
 }
 
+/* A member's engine health as its heartbeats report it: whether it polls
+ * a health URL, since when the answer holds, why it fails, and whether the
+ * member's stop has begun. */
+static void add_member_health(const struct lwsi_status_member *m, cJSON *o)
+{
+  cJSON_AddBoolToObject(o, "upstream_polled", m->upstream_on);
+  if (m->upstream_on && m->upstream_age_ms >= 0)
+    cJSON_AddNumberToObject(o, "upstream_since_s", (double)m->upstream_age_ms / 1000.0);
+  else
+    cJSON_AddNullToObject(o, "upstream_since_s");
+  if (m->upstream_on && !m->upstream && m->upstream_error[0] != '\0')
+    cJSON_AddStringToObject(o, "upstream_error", m->upstream_error);
+  else
+    cJSON_AddNullToObject(o, "upstream_error");
+  cJSON_AddBoolToObject(o, "stopping", m->stopping);
+}
+
 /* The leader's view of every member, itself included. */
 static void add_members(const struct lwsi_status_snapshot *s, cJSON *doc)
 {
@@ -105,6 +122,8 @@ static void add_members(const struct lwsi_status_snapshot *s, cJSON *doc)
       /* Our own row: the state we would put in a heartbeat. */
       cJSON_AddStringToObject(o, "child", lwsi_status_child_name(s->child.state));
     }
+    if (m->has_health)
+      add_member_health(m, o);
   }
 }
 
@@ -444,8 +463,8 @@ int lwsi_status_print(FILE *out, const char *json)
   print_node(out, doc);
   const cJSON *members = cJSON_GetObjectItemCaseSensitive(doc, "members");
   if (cJSON_IsArray(members)) {
-    fprintf(out, "members  %-5s %-22s %-8s %-10s %-10s %s\n", "rank", "address", "alive",
-            "heartbeat", "child", "pod");
+    fprintf(out, "members  %-5s %-22s %-8s %-10s %-10s %-9s %s\n", "rank", "address", "alive",
+            "heartbeat", "child", "upstream", "pod");
     const cJSON *m;
     cJSON_ArrayForEach(m, members)
     {
@@ -454,9 +473,20 @@ int lwsi_status_print(FILE *out, const char *json)
       double a = num_of(m, "heartbeat_age_s", -1);
       if (a >= 0)
         snprintf(age, sizeof(age), "%.1fs ago", a);
-      fprintf(out, "         %-5.0f %-22s %-8s %-10s %-10s %s\n", num_of(m, "rank", -1),
+      /* "ok", "failing", "-" (none polled, or an older agent's row). */
+      const cJSON *polled = cJSON_GetObjectItemCaseSensitive(m, "upstream_polled");
+      const cJSON *healthy = cJSON_GetObjectItemCaseSensitive(m, "upstream");
+      const char *upstream = !cJSON_IsTrue(polled) ? "-" : cJSON_IsTrue(healthy) ? "ok" : "failing";
+      const char *stop = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "stopping"))
+                             ? " (stopping)"
+                             : "";
+      fprintf(out, "         %-5.0f %-22s %-8s %-10s %-10s %-9s %s%s\n", num_of(m, "rank", -1),
               str_of(m, "address", "-"), cJSON_IsTrue(alive) ? "yes" : "no", age,
-              str_of(m, "child", "-"), str_of(m, "pod", "-"));
+              str_of(m, "child", "-"), upstream, str_of(m, "pod", "-"), stop);
+      const char *uerr = str_of(m, "upstream_error", NULL);
+      if (uerr != NULL)
+        fprintf(out, "               upstream failing for %.0fs: %s\n",
+                num_of(m, "upstream_since_s", 0), uerr);
     }
   }
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(doc, "timings");
@@ -479,6 +509,37 @@ int lwsi_status_print(FILE *out, const char *json)
 
 /* Metrics: names follow the Prometheus conventions (the lwsinit_ prefix,
  * base units, _total for counters), so that dashboards need no renaming. */
+/* Each member's engine, as its heartbeats report it: child running, and
+ * upstream healthy where the member polls one. */
+static void member_health_metrics(const struct lwsi_status_snapshot *s,
+                                  struct lwsi_buf *b)
+{
+  bool fam_child = false, fam_up = false;
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < s->nmembers; i++) {
+      const struct lwsi_status_member *m = &s->members[i];
+      char r[16];
+      snprintf(r, sizeof(r), "%u", m->rank);
+      const struct lwsi_metrics_label l[] = {{"rank", r}};
+      if (pass == 0 && m->has_state) {
+        if (!fam_child)
+          lwsi_metrics_family(b, "lwsinit_member_child_running", LWSI_METRICS_GAUGE,
+                              "1 when the member's engine runs, by member (from heartbeats).");
+        fam_child = true;
+        lwsi_metrics_sample(b, "lwsinit_member_child_running", l, 1,
+                            strcmp(m->child, "running") == 0 ? 1 : 0);
+      } else if (pass == 1 && m->has_health && m->upstream_on) {
+        if (!fam_up)
+          lwsi_metrics_family(b, "lwsinit_member_upstream_healthy", LWSI_METRICS_GAUGE,
+                              "1 when the member's engine health URL answers healthy, by "
+                              "member (from heartbeats).");
+        fam_up = true;
+        lwsi_metrics_sample(b, "lwsinit_member_upstream_healthy", l, 1, m->upstream ? 1 : 0);
+      }
+    }
+  }
+}
+
 static void member_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b)
 {
   bool fam_rtt = false, fam_age = false;
@@ -587,8 +648,10 @@ int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b
                               s->upstream.by_outcome[o].polls);
     }
   }
-  if (s->has_group)
+  if (s->has_group) {
     member_metrics(s, b);
+    member_health_metrics(s, b);
+  }
   launch_check_metrics(s, b);
   return b->err;
 }

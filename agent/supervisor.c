@@ -83,6 +83,8 @@ static void on_child_exit(struct lwsi_supervisor *sup, int status)
   sup->child_status = status;
   uv_timer_stop(&sup->drain_timer);
   uv_timer_stop(&sup->grace_timer);
+  uv_timer_stop(&sup->hold_timer);
+  sup->draining = false;
   /* Whatever the engine left in its process group goes with it, so that a
    * stray helper cannot hold the pod up after the engine is gone. */
   send_group(sup, SIGKILL);
@@ -132,14 +134,48 @@ static void on_grace(uv_timer_t *t)
 static void forward_stop(struct lwsi_supervisor *sup)
 {
   sup->draining = false;
+  sup->held = false;
+  uv_timer_stop(&sup->drain_timer);
+  uv_timer_stop(&sup->hold_timer);
   forward(sup, sup->stop_sig);
   if (sup->child_running && !uv_is_active((uv_handle_t *)&sup->grace_timer))
     uv_timer_start(&sup->grace_timer, on_grace, sup->grace_ms, 0);
 }
 
+/* Forwards once the drain is over and nothing holds the stop. */
+static void maybe_forward(struct lwsi_supervisor *sup)
+{
+  if (sup->draining && !sup->held && !uv_is_active((uv_handle_t *)&sup->drain_timer))
+    forward_stop(sup);
+}
+
 static void on_drain(uv_timer_t *t)
 {
-  forward_stop(t->data);
+  maybe_forward(t->data);
+}
+
+/* The hold's deadline: the engine is stopped whatever the others do. */
+static void on_hold_deadline(uv_timer_t *t)
+{
+  struct lwsi_supervisor *sup = t->data;
+  if (sup->draining)
+    forward_stop(sup);
+}
+
+void lwsi_supervisor_hold(struct lwsi_supervisor *sup, uint64_t max_ms)
+{
+  if (sup->stopping)
+    return;
+  sup->held = true;
+  sup->hold_max_ms = max_ms;
+}
+
+void lwsi_supervisor_release(struct lwsi_supervisor *sup)
+{
+  if (!sup->held)
+    return;
+  sup->held = false;
+  maybe_forward(sup);
 }
 
 void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig, bool drain)
@@ -147,21 +183,24 @@ void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig, bool drain)
   if (!sup->stopping) {
     sup->stopping = true;
     sup->stop_sig = sig;
-    if (drain && sup->drain_ms > 0 && sup->child_running) {
+    bool drains = drain && sup->drain_ms > 0;
+    if (sup->child_running && (drains || sup->held)) {
       sup->draining = true;
-      uv_timer_start(&sup->drain_timer, on_drain, sup->drain_ms, 0);
+      if (drains)
+        uv_timer_start(&sup->drain_timer, on_drain, sup->drain_ms, 0);
+      if (sup->held)
+        uv_timer_start(&sup->hold_timer, on_hold_deadline, sup->hold_max_ms, 0);
+      maybe_forward(sup);
       return;
     }
     forward_stop(sup);
     return;
   }
-  /* A second stop signal while draining cuts the drain short: the first
-   * is forwarded now, then this one, so that each arrives once (an engine
-   * may read a second SIGINT as "stop harder"). */
-  if (sup->draining) {
-    uv_timer_stop(&sup->drain_timer);
+  /* A second stop signal while draining (or held) cuts the wait short: the
+   * first is forwarded now, then this one, so that each arrives once (an
+   * engine may read a second SIGINT as "stop harder"). */
+  if (sup->draining)
     forward_stop(sup);
-  }
   forward(sup, sig);
 }
 
@@ -228,6 +267,8 @@ int lwsi_supervisor_init(struct lwsi_supervisor *sup, uv_loop_t *loop, const sig
   sup->sig_poll.data = sup;
   uv_timer_init(loop, &sup->drain_timer);
   uv_timer_init(loop, &sup->grace_timer);
+  uv_timer_init(loop, &sup->hold_timer);
+  sup->hold_timer.data = sup;
   sup->drain_timer.data = sup;
   sup->grace_timer.data = sup;
   return uv_poll_start(&sup->sig_poll, UV_READABLE, on_signal_fd);
@@ -253,6 +294,7 @@ void lwsi_supervisor_close(struct lwsi_supervisor *sup)
   uv_close((uv_handle_t *)&sup->sig_poll, NULL);
   uv_close((uv_handle_t *)&sup->drain_timer, NULL);
   uv_close((uv_handle_t *)&sup->grace_timer, NULL);
+  uv_close((uv_handle_t *)&sup->hold_timer, NULL);
   close(sup->sfd);
   sup->sfd = -1;
 }

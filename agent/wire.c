@@ -309,6 +309,12 @@ static void encode_body(struct builder *b, const struct lwsi_msg *m)
     }
     add_str(b, o, "child", m->hb.child, sizeof(m->hb.child));
     add_bool(b, o, "upstream", m->hb.upstream);
+    if (m->hb.has_health) {
+      add_bool(b, o, "upstream_on", m->hb.upstream_on);
+      add_num(b, o, "upstream_age", m->hb.upstream_age);
+      add_str(b, o, "upstream_error", m->hb.upstream_error, sizeof(m->hb.upstream_error));
+      add_bool(b, o, "stopping", m->hb.stopping);
+    }
     return;
   case LWSI_MSG_LOST:
     add_num(b, o, "rank", m->lost.rank);
@@ -599,6 +605,27 @@ static int decode_app(const cJSON *o, struct lwsi_msg_app *a)
   return 0;
 }
 
+/* The heartbeat's health fields came later: an agent that has none sends
+ * none of them, and one that has them sends all four. Part of them is a
+ * broken sender, not an older one. */
+static int decode_hb_health(const cJSON *o, struct lwsi_msg_hb *h)
+{
+  static const char *const keys[] = {"upstream_on", "upstream_age", "upstream_error", "stopping"};
+  size_t present = 0;
+  for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+    present += cJSON_GetObjectItemCaseSensitive(o, keys[i]) != NULL;
+  if (present == 0)
+    return 0;
+  if (present != sizeof(keys) / sizeof(keys[0]))
+    return -EBADMSG;
+  TRY(get_bool(o, "upstream_on", &h->upstream_on));
+  TRY(get_u64(o, "upstream_age", MAX_EXACT, &h->upstream_age));
+  TRY(get_str(o, "upstream_error", h->upstream_error, sizeof(h->upstream_error)));
+  TRY(get_bool(o, "stopping", &h->stopping));
+  h->has_health = true;
+  return 0;
+}
+
 static int decode_body(const cJSON *o, struct lwsi_msg *m)
 {
   switch (m->type) {
@@ -641,7 +668,8 @@ static int decode_body(const cJSON *o, struct lwsi_msg *m)
       h->has_echo = true;
     }
     TRY(get_str(o, "child", h->child, sizeof(h->child)));
-    return get_bool(o, "upstream", &h->upstream);
+    TRY(get_bool(o, "upstream", &h->upstream));
+    return decode_hb_health(o, h);
   }
   case LWSI_MSG_LOST:
     TRY(get_u32(o, "rank", LWSI_WIRE_MAX_SIZE - 1, &m->lost.rank));

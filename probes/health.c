@@ -73,6 +73,36 @@ static void add_upstream(struct lwsi_health_list *out, const struct lwsi_health_
     lwsi_health_add(out, "upstream", false, "the engine's health URL has not answered healthy yet");
 }
 
+/* Why member m keeps the group from serving, into buf; false when it does
+ * not. Only what its heartbeats reported is judged: an older agent that
+ * sends no health details is judged on its child alone. */
+static bool member_unready(const struct lwsi_health_member *m, char *buf, size_t len)
+{
+  if (!m->has_state) {
+    snprintf(buf, len, "rank %u has not reported its engine yet", m->rank);
+    return true;
+  }
+  if (m->has_health && m->stopping) {
+    snprintf(buf, len, "rank %u is stopping", m->rank);
+    return true;
+  }
+  if (m->child == NULL || strcmp(m->child, "running") != 0) {
+    snprintf(buf, len, "rank %u's engine is not running (%s)", m->rank, or_empty(m->child));
+    return true;
+  }
+  if (m->has_health && m->upstream_on && !m->upstream_ok) {
+    const char *why = or_empty(m->upstream_error);
+    if (m->upstream_age_ms >= 0)
+      snprintf(buf, len, "rank %u's upstream is failing (%s) since %lld s", m->rank,
+               why[0] ? why : "not healthy", (long long)(m->upstream_age_ms / 1000));
+    else
+      snprintf(buf, len, "rank %u's upstream is failing (%s)", m->rank,
+               why[0] ? why : "not healthy");
+    return true;
+  }
+  return false;
+}
+
 /* Members counts include the leader itself. need_joined: the "group" mode
  * states "every member has joined and is alive"; in "serving" mode alive
  * alone is asked for, which implies joined. */
@@ -89,7 +119,23 @@ static void add_members(struct lwsi_health_list *out, const struct lwsi_health_i
                     why[0] ? "; " : "", why);
     return;
   }
-  lwsi_health_add(out, "members", true, NULL);
+  /* In serving mode, every worker's engine must serve too: its child runs
+   * and its upstream is healthy. The first such member is named, with a
+   * count of the others. */
+  char first[LWSI_HEALTH_REASON_MAX] = "", one[LWSI_HEALTH_REASON_MAX];
+  size_t bad = 0;
+  for (size_t i = 0; !need_joined && i < in->nmembers; i++) {
+    if (!member_unready(&in->members[i], one, sizeof(one)))
+      continue;
+    if (bad++ == 0)
+      snprintf(first, sizeof(first), "%s", one);
+  }
+  if (bad == 1)
+    lwsi_health_add(out, "members", false, "%s", first);
+  else if (bad > 1)
+    lwsi_health_add(out, "members", false, "%s (and %zu more)", first, bad - 1);
+  else
+    lwsi_health_add(out, "members", true, NULL);
 }
 
 void lwsi_health_live(const struct lwsi_health_input *in, struct lwsi_health_list *out)

@@ -166,6 +166,15 @@ static const char *const outcome_names[LWSI_UPSTREAM_OUTCOME_COUNT] = {
   "none", "ok", "http", "timeout", "connect", "error",
 };
 
+uint64_t lwsi_upstream_hang_left(const struct lwsi_upstream *u, uint64_t now_ms,
+                                 uint64_t hang_ms)
+{
+  if (hang_ms == 0 || !u->known || u->ok || !u->ever_ok || !u->failing)
+    return UINT64_MAX;
+  uint64_t failed_for = now_ms > u->failing_since_ms ? now_ms - u->failing_since_ms : 0;
+  return failed_for >= hang_ms ? 0 : hang_ms - failed_for;
+}
+
 const char *lwsi_upstream_outcome_name(enum lwsi_upstream_outcome o)
 {
   if ((unsigned)o >= LWSI_UPSTREAM_OUTCOME_COUNT)
@@ -193,7 +202,15 @@ static void record(struct lwsi_upstream *u, enum lwsi_upstream_outcome outcome, 
   if (ok) {
     u->consecutive_failures = 0;
     u->last_error[0] = '\0';
+    u->ever_ok = true;
+    u->failing = false;
   } else {
+    if (!u->failing) {
+      /* The run of failures counts from the start of its first poll: a
+       * poll that timed out was already failing when it began. */
+      u->failing = true;
+      u->failing_since_ms = u->poll_start_ms;
+    }
     u->failures++;
     u->consecutive_failures++;
     va_list ap;
@@ -407,6 +424,7 @@ static void on_tick(uv_timer_t *t)
   u->body_bytes = 0;
   u->body_capped = false;
   u->poll_start_ns = uv_hrtime();
+  u->poll_start_ms = uv_now(u->loop);
   /* Adding the handle makes curl ask for a 0 ms timeout (timer_cb); the
    * transfer starts on the next loop iteration. */
   CURLMcode mc = api.multi_add_handle(u->multi, u->easy);

@@ -9,6 +9,7 @@
 
 #include "lwsinit/config.h"
 #include "lwsinit/gpurun.h"
+#include "lwsinit/health.h"
 #include "lwsinit/http.h"
 #include "lwsinit/netenv.h"
 #include "lwsinit/nodecheck.h"
@@ -37,6 +38,7 @@ enum {
   LWSI_EXIT_RDZV = 4,
   LWSI_EXIT_GPU = 5,
   LWSI_EXIT_PEER = 6,
+  LWSI_EXIT_HANG = 7,
 };
 
 struct lwsi_agent {
@@ -97,6 +99,17 @@ struct lwsi_agent {
   struct lwsi_status_launch_diff launch_listed[LWSI_STATUS_LAUNCH_LISTED];
   uint64_t unverified_count;
   char unverified_reason[512];
+
+  /* Group health and the ordered stop (agent.c, "group health"). */
+  struct lwsi_rdzv_member *member_rows;   /* size rows, for the leader's /readyz */
+  struct lwsi_health_member *health_rows; /* size rows, pointing into member_rows */
+  uv_timer_t hang_timer;  /* --hang-timeout: when the engine would count as hung */
+  uv_timer_t fail_timer;  /* --fail-delay */
+  bool group_timers_on;   /* hang_timer and fail_timer were initialised */
+  bool fail_delay_on;     /* staying up, failed, before exiting */
+  bool ordered_stop;      /* this agent's stop is the group's orderly stop */
+  bool stop_by_signal;    /* a stop signal of our own arrived (vs. the leader's word) */
+  bool leader_engine_exited; /* worker: the leader said its engine has exited */
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p);

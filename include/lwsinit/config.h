@@ -21,6 +21,9 @@ enum lwsi_node_check { LWSI_NODE_CHECK_OFF, LWSI_NODE_CHECK_WARN, LWSI_NODE_CHEC
 enum lwsi_network_env { LWSI_NETWORK_ENV_AUTO, LWSI_NETWORK_ENV_OFF };
 enum lwsi_log_format { LWSI_LOG_TEXT, LWSI_LOG_JSON };
 enum lwsi_log_level { LWSI_LOG_DEBUG, LWSI_LOG_INFO, LWSI_LOG_WARN, LWSI_LOG_ERROR };
+/* --on-failure: only exit is acted on; restart is refused by the parser
+ * until the group can form again in place. */
+enum lwsi_on_failure { LWSI_ON_FAILURE_EXIT, LWSI_ON_FAILURE_RESTART };
 enum lwsi_mode { LWSI_MODE_RUN, LWSI_MODE_HELP, LWSI_MODE_VERSION, LWSI_MODE_STATUS, LWSI_MODE_PROBE };
 
 /* A HOST:PORT pair as the user wrote it; host is an IP literal or a name. */
@@ -76,6 +79,9 @@ struct lwsi_config {
   enum lwsi_log_format log_format;
   enum lwsi_log_level log_level;
   enum lwsi_launchck_mode launch_check; /* --launch-check */
+  uint64_t hang_timeout_ms; /* --hang-timeout; 0: never */
+  enum lwsi_on_failure on_failure;
+  uint64_t fail_delay_ms; /* --fail-delay */
 
   /* Subcommands: status and probe. */
   bool status_json;

@@ -33,6 +33,19 @@ struct lwsi_health_list {
   struct lwsi_health_check checks[LWSI_HEALTH_MAX_CHECKS];
 };
 
+/* The leader's view of one worker's engine, from its heartbeats. */
+struct lwsi_health_member {
+  uint32_t rank;
+  bool has_state;        /* a heartbeat reported its engine */
+  const char *child;     /* "running", "not-started", "exited" */
+  bool has_health;       /* the fields below were reported (newer agents) */
+  bool upstream_on;      /* it polls a health URL */
+  bool upstream_ok;      /* which answers healthy */
+  int64_t upstream_age_ms; /* since that answer holds; -1: unknown */
+  const char *upstream_error; /* why it fails ("HTTP 503") */
+  bool stopping;         /* its stop has begun */
+};
+
 /* A snapshot of what the checks look at. Strings may be NULL. */
 struct lwsi_health_input {
   bool is_leader;       /* rank 0 (a standalone agent is a leader) */
@@ -52,6 +65,9 @@ struct lwsi_health_input {
   bool upstream_enabled;     /* an upstream health URL is polled */
   bool upstream_ok;          /* its last poll was healthy */
   const char *upstream_error; /* why not ("HTTP 503", "connection refused") */
+  /* Leader, --readiness serving: each worker's engine (ranks > 0). */
+  const struct lwsi_health_member *members;
+  size_t nmembers;
 };
 
 /* /livez: the loop answers (it does, or nobody would ask), and either the
@@ -62,7 +78,9 @@ void lwsi_health_live(const struct lwsi_health_input *in, struct lwsi_health_lis
 /* /readyz. Checks, in order:
  *  every agent:  not-stopping (while stopping, every agent answers 503);
  *  a worker:     child, leader, upstream (when enabled);
- *  the leader:   serving:   child, members (all alive), upstream (when enabled);
+ *  the leader:   serving:   child, members (all alive; each worker's engine
+ *                           running, not stopping, its upstream healthy where
+ *                           it polls one), upstream (when enabled);
  *                group:     members (all joined and alive);
  *                listening: rendezvous (open; always ok standalone, which has none). */
 void lwsi_health_ready(const struct lwsi_health_input *in, struct lwsi_health_list *out);

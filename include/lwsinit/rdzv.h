@@ -136,6 +136,15 @@ struct lwsi_rdzv_event {
 struct lwsi_rdzv_local {
   char child[LWSI_WIRE_CHILD_MAX]; /* e.g. "not-started", "running", "exited" */
   bool upstream;                   /* the local engine's health */
+  /* The health in detail (sent when has_health): whether a health URL is
+   * polled at all, how long its state has held, why it fails, and whether
+   * this agent's stop has begun. Control characters in upstream_error are
+   * replaced before sending. */
+  bool has_health;
+  bool upstream_on;
+  uint64_t upstream_age_ms;
+  char upstream_error[LWSI_WIRE_HEALTH_ERR_MAX];
+  bool stopping;
 };
 
 /* What /status shows of one member. */
@@ -150,6 +159,11 @@ struct lwsi_rdzv_member {
   bool has_state;    /* child and upstream are from its heartbeat */
   char child[LWSI_WIRE_CHILD_MAX];
   bool upstream;
+  bool has_health;   /* the fields below are from its heartbeat (newer agents) */
+  bool upstream_on;
+  int64_t upstream_age_ms; /* as reported, plus the time since that heartbeat */
+  char upstream_error[LWSI_WIRE_HEALTH_ERR_MAX];
+  bool stopping;
 };
 
 struct lwsi_rdzv;

@@ -52,6 +52,12 @@ struct lwsi_status_member {
   bool has_state;    /* child and upstream come from its heartbeat */
   char child[32];
   bool upstream;
+  /* From a heartbeat that carries them (newer agents), or our own state. */
+  bool has_health;
+  bool upstream_on;        /* the member polls a health URL */
+  int64_t upstream_age_ms; /* since its upstream state last changed */
+  char upstream_error[128];
+  bool stopping;
 };
 
 /* The launch check (contract, "Launch check"): one member whose launch

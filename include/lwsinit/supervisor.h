@@ -31,6 +31,7 @@ struct lwsi_supervisor {
   uv_poll_t sig_poll;
   uv_timer_t drain_timer;
   uv_timer_t grace_timer;
+  uv_timer_t hold_timer;
   int sfd;
   pid_t self;
   sigset_t child_mask; /* the mask the agent was started with */
@@ -38,7 +39,9 @@ struct lwsi_supervisor {
   bool child_running;
   int child_status;
   bool stopping;
-  bool draining;
+  bool draining; /* the stop has begun; its signal is not forwarded yet */
+  bool held;     /* the forward waits for lwsi_supervisor_release too */
+  uint64_t hold_max_ms;
   int stop_sig;
   uint64_t drain_ms;
   uint64_t grace_ms;
@@ -63,6 +66,17 @@ int lwsi_supervisor_spawn(struct lwsi_supervisor *sup, char *const *argv, char *
 /* Begins (or hurries) the stop: drain (when asked: a SIGTERM from
  * Kubernetes drains, a lost member does not), forward sig, grace, SIGKILL. */
 void lwsi_supervisor_stop(struct lwsi_supervisor *sup, int sig, bool drain);
+
+/* The ordered stop of a group (contract, "The init"): call before
+ * lwsi_supervisor_stop. The stop then forwards its signal only once both
+ * the drain has passed and lwsi_supervisor_release was called, or at the
+ * latest max_ms after the stop began, whichever comes first. A second stop
+ * signal still cuts the wait short. */
+void lwsi_supervisor_hold(struct lwsi_supervisor *sup, uint64_t max_ms);
+
+/* Lets a held stop forward once its drain has passed (at once if it has).
+ * Harmless when nothing is held. */
+void lwsi_supervisor_release(struct lwsi_supervisor *sup);
 
 /* The exit code for a wait status: the code, or 128+N for signal N. */
 int lwsi_supervisor_exit_code(int status);

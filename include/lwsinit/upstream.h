@@ -56,6 +56,10 @@ struct lwsi_upstream {
   uint64_t polls;             /* polls finished */
   uint64_t failures;          /* polls finished that were not ok */
   uint64_t consecutive_failures;
+  bool ever_ok;               /* some poll got a 2xx answer */
+  bool failing;               /* the polls fail since failing_since_ms */
+  uint64_t failing_since_ms;  /* uv_now() at the start of the first failed poll in the
+                               * current run of failures */
   uint64_t by_outcome[LWSI_UPSTREAM_OUTCOME_COUNT]; /* polls finished, by outcome */
   uint64_t skipped;           /* ticks skipped: the previous poll was still running */
   bool in_flight;             /* a poll is running now */
@@ -73,6 +77,7 @@ struct lwsi_upstream {
   uint64_t interval_ms;
   uint64_t timeout_ms;
   uint64_t poll_start_ns;
+  uint64_t poll_start_ms; /* uv_now() when the poll in flight began */
   size_t body_bytes;
   bool body_capped;
   bool closing;
@@ -118,6 +123,18 @@ int lwsi_upstream_start(struct lwsi_upstream *u, uv_loop_t *loop, const char *ur
  * stays readable. Idempotent; a no-op on a zeroed struct that was never
  * started. on_change is not called again. */
 void lwsi_upstream_close(struct lwsi_upstream *u);
+
+/* Hang detection (--hang-timeout, contract "Membership"): an engine whose
+ * health URL answered healthy once, and whose every poll has failed since
+ * the first failed one, for hang_ms, has hung; a poll unanswered within the
+ * poll timeout is a failed poll. One that never answered healthy is a slow
+ * start, not a hang. Returns the ms left at now_ms until u counts as hung
+ * (0: it has hung), or UINT64_MAX when it cannot hang as things stand
+ * (hang_ms 0, no result yet, healthy now, or never healthy). A pure
+ * function of u's fields: the caller arms its own timer for the result
+ * and asks again when it fires. */
+uint64_t lwsi_upstream_hang_left(const struct lwsi_upstream *u, uint64_t now_ms,
+                                 uint64_t hang_ms);
 
 /* "ok", "http", "timeout", "connect", "error"; "none" before any result. */
 const char *lwsi_upstream_outcome_name(enum lwsi_upstream_outcome o);

@@ -38,6 +38,7 @@
 #define LWSI_WIRE_REASON_MAX 512
 #define LWSI_WIRE_CHILD_MAX 32
 #define LWSI_WIRE_CODE_MAX 32
+#define LWSI_WIRE_HEALTH_ERR_MAX 128 /* a heartbeat's upstream error ("HTTP 503") */
 /* An application message (type "app"): kind is a token of 1..32 characters
  * in [a-z0-9_]; data is text (valid UTF-8, no control characters, so one
  * line of compact JSON fits) of at most 8 KiB. */
@@ -148,6 +149,13 @@ struct lwsi_msg_hb {
   uint64_t held; /* microseconds between that receipt and this send */
   char child[LWSI_WIRE_CHILD_MAX];
   bool upstream;
+  /* Optional, together or not at all (agents before them send none): the
+   * engine's health in detail, for the leader's /readyz and /status. */
+  bool has_health;
+  bool upstream_on;      /* the sender polls a health URL */
+  uint64_t upstream_age; /* ms since its upstream state last changed */
+  char upstream_error[LWSI_WIRE_HEALTH_ERR_MAX]; /* why not healthy; "" when it is */
+  bool stopping;         /* the sender's stop has begun */
 };
 
 struct lwsi_msg_lost {

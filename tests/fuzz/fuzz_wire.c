@@ -89,6 +89,7 @@ static void check_decoded(const struct lwsi_msg *m)
     break;
   case LWSI_MSG_HB:
     check_text(m->hb.child, sizeof(m->hb.child));
+    check_text(m->hb.upstream_error, sizeof(m->hb.upstream_error));
     break;
   case LWSI_MSG_LOST:
     CHECK(m->lost.rank < LWSI_WIRE_MAX_SIZE);

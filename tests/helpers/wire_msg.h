@@ -80,7 +80,12 @@ static inline bool wire_msg_equal(const struct lwsi_msg *a, const struct lwsi_ms
   case LWSI_MSG_HB:
     return a->hb.seq == b->hb.seq && a->hb.ts == b->hb.ts && a->hb.has_echo == b->hb.has_echo &&
            (!a->hb.has_echo || (a->hb.echo == b->hb.echo && a->hb.held == b->hb.held)) &&
-           strcmp(a->hb.child, b->hb.child) == 0 && a->hb.upstream == b->hb.upstream;
+           strcmp(a->hb.child, b->hb.child) == 0 && a->hb.upstream == b->hb.upstream &&
+           a->hb.has_health == b->hb.has_health &&
+           (!a->hb.has_health ||
+            (a->hb.upstream_on == b->hb.upstream_on && a->hb.upstream_age == b->hb.upstream_age &&
+             strcmp(a->hb.upstream_error, b->hb.upstream_error) == 0 &&
+             a->hb.stopping == b->hb.stopping));
   case LWSI_MSG_LOST:
     return a->lost.rank == b->lost.rank && strcmp(a->lost.reason, b->lost.reason) == 0;
   case LWSI_MSG_BYE:

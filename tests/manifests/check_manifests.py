@@ -15,7 +15,9 @@ For every LeaderWorkerSet document:
   - probes: startup, readiness (/readyz) and liveness (/livez) as httpGet on
     the port of --probe-addr; the startup probe outlasts lwsinit's own DNS,
     rendezvous and GPU-check deadlines;
-  - terminationGracePeriodSeconds > --grace + --drain-delay;
+  - terminationGracePeriodSeconds >= --drain-delay + 2 x --grace + a margin
+    (GRACE_MARGIN s): a worker's ordered stop holds its engine up to
+    --drain-delay + --grace, then gives it --grace before SIGKILL;
   - the revision from the downward API, the token from a Secret, /dev/shm from
     a memory emptyDir, GPUs in resources, ports declared, restartPolicy
     RecreateGroupOnPodRestart, the same COMMAND and preset on leader and
@@ -309,13 +311,20 @@ def check_startup(a, leader):
     return []
 
 
+# Seconds the kubelet's grace period must leave beyond lwsinit's own stop, for
+# the agent's exit and the kubelet's own latency.
+GRACE_MARGIN = 5
+
+
 def check_grace(a):
     tgps = a.pod.get("terminationGracePeriodSeconds", 30)
     grace, drain = a.num("--grace"), a.num("--drain-delay")
-    if not tgps > grace + drain:
-        return [f"terminationGracePeriodSeconds {tgps} is not > --grace {grace} + "
-                f"--drain-delay {drain}: the kubelet would SIGKILL lwsinit before it "
-                f"stops the engine"]
+    need = drain + 2 * grace + GRACE_MARGIN
+    if not tgps >= need:
+        return [f"terminationGracePeriodSeconds {tgps} is below --drain-delay {drain} + "
+                f"2 x --grace {grace} + a margin of {GRACE_MARGIN} = {need}: the kubelet "
+                f"would SIGKILL lwsinit while a worker's engine still waits for the "
+                f"leader's or stops"]
     return []
 
 
@@ -486,7 +495,8 @@ def check_lws(name, doc, crd, opts, exe):
             "\n".join(check_probes(a)))
         tap(not check_startup(a, leader), f"{w}: startup probe outlasts lwsinit's deadlines",
             "\n".join(check_startup(a, leader)))
-        tap(not check_grace(a), f"{w}: terminationGracePeriodSeconds > --grace + --drain-delay",
+        tap(not check_grace(a),
+            f"{w}: terminationGracePeriodSeconds >= --drain-delay + 2 x --grace + margin",
             "\n".join(check_grace(a)))
         tap(not check_revision_token(a), f"{w}: revision from the downward API, token from a Secret",
             "\n".join(check_revision_token(a)))

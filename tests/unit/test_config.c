@@ -58,6 +58,14 @@ static const struct bad_case bad_cases[] = {
   {{"--gpu-check-bytes", "1GB", "true"}, {NULL}, {"--gpu-check-bytes", "'1GB'"}},
   {{"--gpu-min-busbw", "fast", "true"}, {NULL}, {"--gpu-min-busbw", "'fast'"}},
   {{"--log-format", "xml", "true"}, {NULL}, {"--log-format", "'xml'"}},
+  {{"--hang-timeout", "2m", "true"}, {NULL}, {"--hang-timeout", "'2m'"}},
+  {{"--hang-timeout", "-1", "true"}, {NULL}, {"--hang-timeout", "'-1'"}},
+  {{"true"}, {"LWSINIT_HANG_TIMEOUT=1e3"}, {"LWSINIT_HANG_TIMEOUT", "'1e3'"}},
+  {{"--fail-delay", "", "true"}, {NULL}, {"--fail-delay", "''"}},
+  {{"--fail-delay", "30x", "true"}, {NULL}, {"--fail-delay", "'30x'"}},
+  {{"--on-failure", "stay", "true"}, {NULL}, {"--on-failure", "'stay'", "exit, restart"}},
+  {{"--on-failure", "restart", "true"}, {NULL}, {"--on-failure", "restart", "not implemented"}},
+  {{"true"}, {"LWSINIT_ON_FAILURE=restart"}, {"LWSINIT_ON_FAILURE", "not implemented"}},
   {{"true"}, {"LWSINIT_LOG_LEVEL=verbose"}, {"LWSINIT_LOG_LEVEL", "'verbose'"}},
   {{"--upstream", "localhost:8000/health", "true"}, {NULL}, {"--upstream", "http://"}},
   {{"--dp-local", "2", "true"}, {NULL}, {"--dp-local", "vllm-dp"}},
@@ -135,6 +143,9 @@ static void test_standalone(void)
   TAP_STR_EQ(cfg.status_socket, "/run/lwsinit/status.sock", "default status socket");
   TAP_OK(cfg.grace_ms == 30000 && cfg.drain_delay_ms == 0, "default grace and drain");
   TAP_OK(cfg.heartbeat_ms == 1000 && cfg.peer_timeout_ms == 10000, "default heartbeat");
+  TAP_OK(cfg.hang_timeout_ms == 0 && cfg.fail_delay_ms == 0 &&
+             cfg.on_failure == LWSI_ON_FAILURE_EXIT,
+         "default: no hang detection, no fail delay, on-failure exit");
   TAP_OK(cfg.argc == 2 && strcmp(cfg.argv[0], "sleep") == 0, "COMMAND found");
 }
 
@@ -157,6 +168,14 @@ static void test_precedence(void)
                         "LWS_WORKER_INDEX=3"};
   rc = parse(args2, env2, &cfg, err, sizeof(err));
   TAP_OK(rc == 0 && cfg.size == 4, "LWSINIT_SIZE wins over LWS_GROUP_SIZE (%s)", err);
+
+  const char *args3[] = {"--hang-timeout", "120", "--fail-delay=30", "--on-failure", "exit",
+                         "true", NULL};
+  const char *env3[] = {"LWSINIT_HANG_TIMEOUT=5", "LWSINIT_FAIL_DELAY=bad", NULL};
+  rc = parse(args3, env3, &cfg, err, sizeof(err));
+  TAP_OK(rc == 0 && cfg.hang_timeout_ms == 120000 && cfg.fail_delay_ms == 30000 &&
+             cfg.on_failure == LWSI_ON_FAILURE_EXIT,
+         "--hang-timeout, --fail-delay and --on-failure parse, flags over variables (%s)", err);
 }
 
 static void test_values(void)

@@ -304,9 +304,79 @@ static void test_list(void)
   TAP_OK(strlen(m.checks[0].name) == LWSI_HEALTH_NAME_MAX - 1, "long names are cut, not overrun");
 }
 
+/* Three workers of a serving group, healthy, as their heartbeats say. */
+static struct lwsi_health_member rows[3];
+
+static void healthy_rows(void)
+{
+  for (uint32_t i = 0; i < 3; i++)
+    rows[i] = (struct lwsi_health_member){
+      .rank = i + 1, .has_state = true, .child = "running", .has_health = true,
+      .upstream_on = true, .upstream_ok = true, .upstream_age_ms = 60000,
+    };
+}
+
+static void test_ready_members_engines(void)
+{
+  struct lwsi_health_list l;
+  struct lwsi_health_input in = leader();
+  healthy_rows();
+  in.members = rows;
+  in.nmembers = 3;
+  lwsi_health_ready(&in, &l);
+  TAP_OK(lwsi_health_passed(&l), "serving: every worker's engine runs and answers healthy");
+
+  rows[0].upstream_ok = false;
+  rows[0].upstream_error = "HTTP 503";
+  rows[0].upstream_age_ms = 4200;
+  lwsi_health_ready(&in, &l);
+  TAP_STR_EQ(failed(&l), "members", "a worker's failing upstream makes the leader unready");
+  TAP_STR_EQ(reason(&l, "members"), "rank 1's upstream is failing (HTTP 503) since 4 s",
+             "the reason names the member, the check and since when");
+
+  rows[2].child = "exited";
+  lwsi_health_ready(&in, &l);
+  TAP_STR_EQ(reason(&l, "members"),
+             "rank 1's upstream is failing (HTTP 503) since 4 s (and 1 more)",
+             "the first failing member is named, the others counted");
+
+  healthy_rows();
+  rows[1].child = "exited";
+  lwsi_health_ready(&in, &l);
+  TAP_STR_EQ(reason(&l, "members"), "rank 2's engine is not running (exited)",
+             "a worker's engine that exited");
+  healthy_rows();
+  rows[1].stopping = true;
+  lwsi_health_ready(&in, &l);
+  TAP_STR_EQ(reason(&l, "members"), "rank 2 is stopping", "a worker that stops");
+  healthy_rows();
+  rows[2].has_state = false;
+  lwsi_health_ready(&in, &l);
+  TAP_STR_EQ(reason(&l, "members"), "rank 3 has not reported its engine yet",
+             "a worker not heard from yet");
+
+  healthy_rows();
+  rows[0].upstream_on = false;
+  rows[0].upstream_ok = false;
+  lwsi_health_ready(&in, &l);
+  TAP_OK(lwsi_health_passed(&l), "a worker without a health URL is judged on its child only");
+  healthy_rows();
+  rows[0].has_health = false;
+  rows[0].upstream_ok = false;
+  lwsi_health_ready(&in, &l);
+  TAP_OK(lwsi_health_passed(&l), "an older worker without health details: its child only");
+
+  healthy_rows();
+  rows[0].upstream_ok = false;
+  in.readiness = LWSI_READY_GROUP;
+  lwsi_health_ready(&in, &l);
+  TAP_OK(lwsi_health_passed(&l), "group readiness does not look at the engines");
+}
+
 int main(void)
 {
   test_live();
+  test_ready_members_engines();
   test_ready_worker();
   test_ready_serving();
   test_ready_group();

@@ -322,10 +322,12 @@ static void test_leader(void)
              "leader   sglang-0.sglang (unresolved)\n"
              "child    not-started\n"
              "upstream none\n"
-             "members  rank  address                alive    heartbeat  child      pod\n"
-             "         0     10.0.0.10              yes      -          not-started sglang-0\n"
-             "         1     10.0.0.11              yes      0.2s ago   not-started sglang-0-1\n"
-             "         2                            no       -          -          \n"
+             "members  rank  address                alive    heartbeat  child      upstream  pod\n"
+             "         0     10.0.0.10              yes      -          not-started -         "
+             "sglang-0\n"
+             "         1     10.0.0.11              yes      0.2s ago   not-started -         "
+             "sglang-0-1\n"
+             "         2                            no       -          -          -         \n"
              "timings  resolving 0.000s joining 1.534s checking 0.000s running 0.000s "
              "stopping 0.000s failed 0.000s total 1.534s\n",
              "the leader's text, a line per member");
@@ -340,9 +342,12 @@ static void test_leader(void)
                        "heard from.\n"
                        "# TYPE lwsinit_heartbeat_age_seconds gauge\n"
                        "lwsinit_heartbeat_age_seconds{rank=\"1\"} 0.25\n") &&
-             strcmp(strstr(m, "lwsinit_heartbeat_age_seconds{rank=\"1\"} 0.25\n"),
-                    "lwsinit_heartbeat_age_seconds{rank=\"1\"} 0.25\n") == 0,
-         "the leader's metrics: the counts, and rtt and age of the member heard from, last");
+             strstr(m, "lwsinit_heartbeat_age_seconds{rank=\"1\"} 0.25\n"
+                       "# HELP lwsinit_member_child_running ") != NULL &&
+             strcmp(strstr(m, "lwsinit_member_child_running{rank=\"1\"} 0\n"),
+                    "lwsinit_member_child_running{rank=\"1\"} 0\n") == 0,
+         "the leader's metrics: the counts, rtt and age of the member heard from, then its "
+         "engine, last");
 
   /* The row of a worker before launch and the worker's own child.state
    * are one word: the heartbeat carries lwsi_status_child_name. */

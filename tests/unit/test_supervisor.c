@@ -115,7 +115,7 @@ static void reset(uint64_t drain_ms, uint64_t grace_ms)
   stop_on_stop_signal = false;
   sup.child = 0;
   sup.child_running = false;
-  sup.stopping = sup.draining = false;
+  sup.stopping = sup.draining = sup.held = false;
   sup.drain_ms = drain_ms;
   sup.grace_ms = grace_ms;
 }
@@ -237,6 +237,62 @@ static void test_drain(void)
   TAP_OK(find(LWSI_SUP_KILLED, 0) < 0, "no SIGKILL: it ended within the grace");
 }
 
+static uv_timer_t release_timer;
+
+static void on_release(uv_timer_t *t)
+{
+  lwsi_supervisor_release(&sup);
+}
+
+/* One held stop: drain_ms of drain, held up to max_ms, released at
+ * release_ms (0: never). Returns when the forward went out, in ms after
+ * the stop began, or -1. */
+static int held_stop(uint64_t drain_ms, uint64_t max_ms, uint64_t release_ms)
+{
+  reset(drain_ms, 5000);
+  char *argv[] = {"sh", "-c", "exec sleep 30", NULL};
+  if (lwsi_supervisor_spawn(&sup, argv, environ) != 0)
+    return -1;
+  uint64_t t0 = now_ms();
+  lwsi_supervisor_hold(&sup, max_ms);
+  lwsi_supervisor_stop(&sup, SIGTERM, true);
+  if (release_ms > 0)
+    uv_timer_start(&release_timer, on_release, release_ms, 0);
+  bool none_yet = find(LWSI_SUP_FORWARDED, 0) < 0;
+  wait_for(LWSI_SUP_CHILD_EXITED);
+  uv_timer_stop(&release_timer);
+  int f = find(LWSI_SUP_FORWARDED, 0);
+  if (!none_yet || timed_out || f < 0 || evs[f].arg != SIGTERM)
+    return -1;
+  return (int)(evs[f].at_ms - t0);
+}
+
+static void test_hold(void)
+{
+  uv_timer_init(&loop, &release_timer);
+  int at = held_stop(100, 5000, 400);
+  TAP_OK(at >= 390 && at < 2000, "held: forwarded at the release, after the drain (%d ms)", at);
+  at = held_stop(400, 5000, 50);
+  TAP_OK(at >= 390 && at < 2000, "released early: forwarded when the drain ends (%d ms)", at);
+  at = held_stop(100, 300, 0);
+  TAP_OK(at >= 290 && at < 2000, "never released: forwarded at the hold's deadline (%d ms)", at);
+  at = held_stop(0, 300, 100);
+  TAP_OK(at >= 90 && at < 290, "held without a drain: forwarded at the release (%d ms)", at);
+
+  /* A second SIGTERM while held hurries the stop, as while draining. */
+  reset(0, 5000);
+  char *argv[] = {"sh", "-c", "exec sleep 30", NULL};
+  TAP_OK(lwsi_supervisor_spawn(&sup, argv, environ) == 0, "spawn");
+  lwsi_supervisor_hold(&sup, 5000);
+  lwsi_supervisor_stop(&sup, SIGTERM, true);
+  TAP_OK(sup.draining && find(LWSI_SUP_FORWARDED, 0) < 0, "held: nothing forwarded yet");
+  lwsi_supervisor_stop(&sup, SIGTERM, true);
+  wait_for(LWSI_SUP_CHILD_EXITED);
+  int f = find(LWSI_SUP_FORWARDED, 0);
+  TAP_OK(!timed_out && f >= 0 && !sup.held, "a second stop signal forwards at once");
+  uv_close((uv_handle_t *)&release_timer, NULL);
+}
+
 int main(void)
 {
   sigset_t orig;
@@ -254,6 +310,7 @@ int main(void)
   test_forward_and_drop();
   test_grace_then_kill();
   test_drain();
+  test_hold();
   lwsi_supervisor_close(&sup);
   uv_close((uv_handle_t *)&deadline_timer, NULL);
   for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT) != 0; i++)

@@ -369,6 +369,28 @@ static void test_outcome_names(void)
   TAP_STR_EQ(lwsi_upstream_outcome_name(LWSI_UPSTREAM_NONE), "none", "no result yet: none");
 }
 
+/* The hang rule on plain structs: no network, no clock. */
+static void test_hang_rule(void)
+{
+  struct lwsi_upstream u;
+  memset(&u, 0, sizeof(u));
+  TAP_OK(lwsi_upstream_hang_left(&u, 100000, 30000) == UINT64_MAX, "no result: no hang");
+  u.known = true;
+  u.failing = true;
+  u.failing_since_ms = 1000;
+  TAP_OK(lwsi_upstream_hang_left(&u, 100000, 30000) == UINT64_MAX,
+         "never healthy: a slow start, not a hang");
+  u.ever_ok = true;
+  TAP_OK(lwsi_upstream_hang_left(&u, 1000, 30000) == 30000, "the run just began: 30 s left");
+  TAP_OK(lwsi_upstream_hang_left(&u, 21000, 30000) == 10000, "20 s in: 10 s left");
+  TAP_OK(lwsi_upstream_hang_left(&u, 31000, 30000) == 0, "30 s in: hung");
+  TAP_OK(lwsi_upstream_hang_left(&u, 500, 30000) == 30000, "a clock before the run is no time");
+  TAP_OK(lwsi_upstream_hang_left(&u, 31000, 0) == UINT64_MAX, "--hang-timeout 0: never");
+  u.failing = false;
+  u.ok = true;
+  TAP_OK(lwsi_upstream_hang_left(&u, 31000, 30000) == UINT64_MAX, "healthy now: no hang");
+}
+
 static void test_bad_start(void)
 {
   char err[256] = "";
@@ -459,6 +481,12 @@ static void test_polling(void)
              strstr(up.last_error, "503") != NULL,
          "503: not ok, reason \"%s\"", up.last_error);
   TAP_OK(changes == 2, "on_change for the flip (%d)", changes);
+  TAP_OK(up.ever_ok && up.failing && up.failing_since_ms <= uv_now(&loop) &&
+             uv_now(&loop) - up.failing_since_ms < 3000,
+         "the failing run is dated from its first poll");
+  TAP_OK(lwsi_upstream_hang_left(&up, up.failing_since_ms + 100, 1000) == 900 &&
+             lwsi_upstream_hang_left(&up, up.failing_since_ms + 1000, 1000) == 0,
+         "a live run of failures after a healthy answer counts toward a hang");
 
   /* Recovery. */
   TAP_OK(srv_mode('2'), "server answers 200 again");
@@ -567,6 +595,7 @@ int main(void)
   uv_timer_start(&pace, on_pace, PACE_MS, PACE_MS);
 
   test_outcome_names();
+  test_hang_rule();
   test_bad_start();
   test_load_failures();
   test_load_cost();

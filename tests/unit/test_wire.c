@@ -84,6 +84,11 @@ static void sample(enum lwsi_msg_type t, struct lwsi_msg *m)
     m->hb.held = 250;
     strcpy(m->hb.child, "running");
     m->hb.upstream = true;
+    m->hb.has_health = true;
+    m->hb.upstream_on = true;
+    m->hb.upstream_age = 4000;
+    strcpy(m->hb.upstream_error, "HTTP 503");
+    m->hb.stopping = true;
     break;
   case LWSI_MSG_LOST:
     m->lost.rank = 2;
@@ -143,6 +148,18 @@ static void test_round_trips(void)
   TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0, "encode a first heartbeat");
   TAP_OK(lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out),
          "a heartbeat without echo round-trips");
+  lwsi_wire_msg_free(&out);
+  free(frame);
+  sample(LWSI_MSG_HB, &in);
+  in.hb.has_health = false;
+  in.hb.upstream_on = in.hb.stopping = false;
+  in.hb.upstream_age = 0;
+  in.hb.upstream_error[0] = '\0';
+  TAP_OK(lwsi_wire_encode(&in, &frame, &len) == 0, "encode a heartbeat without health");
+  TAP_OK(memmem(frame + 4, len - 4, "\"stopping\"", 10) == NULL &&
+             lwsi_wire_decode(frame + 4, len - 4, &out) == 0 && wire_msg_equal(&in, &out) &&
+             !out.hb.has_health,
+         "a heartbeat without health (an older agent's) round-trips without the fields");
   lwsi_wire_msg_free(&out);
   free(frame);
   sample(LWSI_MSG_WAITING, &in);
@@ -284,6 +301,21 @@ static void test_decode_refuses(void)
       "a number where a bool belongs is refused");
   TAP_OK(decode_str("{\"v\":1,\"type\":\"hb\"," HB_OK ",\"echo\":5}") == -EBADMSG,
          "echo without held is refused");
+#define HB_HEALTH "\"upstream_on\":true,\"upstream_age\":5,\"upstream_error\":\"HTTP 503\""
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"hb\"," HB_OK "," HB_HEALTH ",\"stopping\":false}") ==
+             0,
+         "a heartbeat with its health fields decodes");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"hb\"," HB_OK "," HB_HEALTH "}") == -EBADMSG,
+         "part of the health fields is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"hb\"," HB_OK ",\"stopping\":true}") == -EBADMSG,
+         "stopping alone is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"hb\"," HB_OK "," HB_HEALTH ",\"stopping\":1}") ==
+             -EBADMSG,
+         "a health field of the wrong type is refused");
+  TAP_OK(decode_str("{\"v\":1,\"type\":\"hb\"," HB_OK ",\"upstream_on\":true,"
+                    "\"upstream_age\":-5,\"upstream_error\":\"\",\"stopping\":false}") ==
+             -EBADMSG,
+         "a negative upstream age is refused");
   TAP_OK(decode_str("{\"v\":1,\"type\":\"bye\",\"reason\":\"a\\nb\"}") == -EBADMSG,
          "a newline in text is refused (log injection)");
   TAP_OK(decode_str("{\"v\":1,\"type\":\"bye\",\"reason\":\"a\\u001bb\"}") == -EBADMSG,
