@@ -32,13 +32,13 @@ static void worker_schedule_retry(struct lwsi_rdzv *r, uint64_t delay)
     uv_timer_start(&r->as_worker.retry, worker_attempt, delay, 0);
 }
 
-/* Full jitter in the upper half of a step d: never longer than d, never
- * shorter than d / 2, so the step bounds both the gap between attempts
- * and their rate. */
-static uint64_t worker_jitter(struct lwsi_rdzv *r, uint64_t d)
+/* A delay drawn uniformly in [d - d / part, d]: never longer than d, so
+ * the step bounds the gap between attempts, and never shorter than
+ * d - d / part, so it bounds their rate too. */
+static uint64_t worker_jitter(struct lwsi_rdzv *r, uint64_t d, uint64_t part)
 {
-  uint64_t half = d / 2;
-  return half + (half ? rng_next(r) % (d - half + 1) : 0);
+  uint64_t spread = d / part;
+  return d - (spread ? rng_next(r) % (spread + 1) : 0);
 }
 
 /* The backoff for every failure but a refused connect: doubling up to the
@@ -47,7 +47,7 @@ static uint64_t worker_next_delay(struct lwsi_rdzv *r)
 {
   uint64_t d = r->as_worker.retry_delay;
   r->as_worker.retry_delay = d * 2 > r->cfg.retry_max_ms ? r->cfg.retry_max_ms : d * 2;
-  return worker_jitter(r, d);
+  return worker_jitter(r, d, 2); /* the upper half: [d/2, d] */
 }
 
 /* Tries again after delay ms: the connection (if any) is closed first. */
@@ -423,9 +423,11 @@ static void worker_connect_failed(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
      * port is answered with a reset; Linux's tcp_v4_send_reset builds it
      * from the segment alone), so it is retried at the refused step, which
      * does not grow and whose size bounds the group's rate
-     * (LWSI_RDZV_REFUSED_*): a late leader is joined within one step. The
-     * backoff for every other failure is left where it was. */
-    worker_retry_in(r, c, err, why, worker_jitter(r, r->cfg.refused_retry_ms));
+     * (LWSI_RDZV_REFUSED_*): a late leader is joined within one step. A
+     * quarter of jitter is enough: refusals keep no state, so workers in
+     * lockstep cost the leader nothing more. The backoff for every other
+     * failure is left where it was. */
+    worker_retry_in(r, c, err, why, worker_jitter(r, r->cfg.refused_retry_ms, 4));
     return;
   }
   worker_retry(r, c, err, why);

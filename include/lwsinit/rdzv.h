@@ -26,12 +26,13 @@
 #define LWSI_RDZV_RETRY_MAX_MS 1000 /* ... up to this, with jitter */
 /* A refused connect (the leader's host answered, nobody listens yet: one
  * SYN and one RST, no state kept on either side) is retried after a step
- * that does not grow, so that a group whose leader starts last joins
- * within tens of milliseconds of its listen (docs/protocol.md, "Retries").
- * The step is the larger of LWSI_RDZV_REFUSED_MIN_MS and what keeps the
- * whole group's refused attempts under LWSI_RDZV_REFUSED_RATE per second
- * at the leader's node, (size - 1) x 2000 / LWSI_RDZV_REFUSED_RATE ms
- * (each delay is at least half a step); never above retry_max_ms. */
+ * that does not grow, each delay drawn in [3/4 step, step], so that a
+ * group whose leader starts last joins within a step of its listen
+ * (docs/protocol.md, "Retries"). The step is the larger of
+ * LWSI_RDZV_REFUSED_MIN_MS and what keeps the whole group's refused
+ * attempts under LWSI_RDZV_REFUSED_RATE a second at the leader's node,
+ * (size - 1) x 4000 / (3 x LWSI_RDZV_REFUSED_RATE) ms; never above
+ * retry_max_ms. */
 #define LWSI_RDZV_REFUSED_MIN_MS 20
 #define LWSI_RDZV_REFUSED_RATE 4000 /* refused attempts per second, whole group, at most */
 #define LWSI_RDZV_MAX_PENDING 64    /* connections accepted but not joined, at least; 2 x size */
