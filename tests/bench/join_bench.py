@@ -26,12 +26,12 @@ repetition, four variants:
             that launch N engines costs on this machine at the least.
 
 The engine is the static stamp of rdzv_bench.py: it stamps CLOCK_MONOTONIC in
-main(), then waits. Reported: median, p90-ish max over the repetitions, and
+main(), then waits. Reported: median and max over the repetitions, and
 lwsinit / C floor per order; the target is at most 2x the C floor's median in
-both orders. Diagnostics per lwsinit repetition, from the agents' JSON logs (1
-ms resolution, CLOCK_REALTIME mapped onto the stamps): when the leader
-listened ("holding the rendezvous"), when it logged the release ("formed
-in"), and how many connection attempts the workers made while they waited.
+both orders. Diagnostics per lwsinit repetition, from the leader's JSON log
+(1 ms resolution, CLOCK_REALTIME mapped onto the stamps): when it listened
+("holding the rendezvous"), when the last worker joined ("(N of N)") and when
+it logged the release ("formed in"), and the first engine's start.
 
 It rewrites only its own section of docs/benchmarks.md, between
 <!-- join-bench:begin --> and <!-- join-bench:end -->.  Not a test, not CI.
@@ -106,19 +106,6 @@ class JoinGroup(LwsGroup):
                 return None if t is None else (t - start_r) / 1e6
         return None
 
-    def attempts(self, rank):
-        """The worker's connection attempts so far, from its progress lines
-        (attempts 1, 2, 4, 8 ... are logged: a lower bound)."""
-        n = 0
-        for line in self.log(rank).splitlines():
-            i = line.find("(attempt ")
-            if i >= 0:
-                try:
-                    n = int(line[i + 9:].split(":", 1)[0])
-                except ValueError:
-                    pass
-        return n
-
     def join(self, order, wait):
         n = self.n
         workers = range(1, n)
@@ -134,7 +121,6 @@ class JoinGroup(LwsGroup):
             time.sleep(wait)
             settle_cpu()
             waited = time.monotonic() - t_wait
-            tries = [self.attempts(r) for r in workers]
             self.start(0)
             first = [0]
         else:
@@ -163,13 +149,15 @@ class JoinGroup(LwsGroup):
         res = {"ms": (max(eng) - start_m) / 1e6, "first_ms": (min(eng) - start_m) / 1e6}
         listen = self.log_time(0, "holding the rendezvous", start_r)
         formed = self.log_time(0, "formed in", start_r)
+        joined = self.log_time(0, "(%d of %d)" % (n, n), start_r)
+        if joined is not None:
+            res["joined_ms"] = joined
         if listen is not None:
             res["listen_ms"] = listen
         if formed is not None:
             res["release_ms"] = formed
         if order == "last":
             res["waited_s"] = waited
-            res["tries"] = statistics.median(tries)
         return res
 
 
@@ -254,24 +242,25 @@ def render(ctx):
     a("- reproduce: `%s`" % ctx["command"])
     a("")
     a("| order | lwsinit median ms | max ms | C floor median ms | max ms "
-      "| lwsinit / C floor | leader listening ms | leader released ms |")
-    a("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "| lwsinit / C floor | leader listening ms | last joined ms | first engine ms "
+      "| C floor first engine ms |")
+    a("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for o in ctx["orders"]:
         lw, cf = ctx["lws"][o], ctx["cf"][o]
-        a("| leader %s | %.1f | %.1f | %.1f | %.1f | %.2f | %s | %s |" % (
+        a("| leader %s | %.1f | %.1f | %.1f | %.1f | %.2f | %s | %.0f | %.1f | %.1f |" % (
             o, med(lw, "ms"), max(r["ms"] for r in lw), med(cf, "ms"),
             max(r["ms"] for r in cf), med(lw, "ms") / med(cf, "ms"),
             "%.0f" % med(lw, "listen_ms") if o == "last" else "-",
-            "%.0f" % med(lw, "release_ms")))
+            med(lw, "joined_ms"), med(lw, "first_ms"), med(cf, "first_ms")))
     a("")
-    a("*leader listening*: from the leader's exec to its log line that it holds the")
-    a("rendezvous (JSON log, 1 ms resolution); *leader released*: to its log line")
-    a("that the group formed, every release frame queued. The rest, to the last")
-    a("engine, is the release reaching %d agents and %d fork+execs." % (n, n))
-    if ctx.get("tries") is not None:
-        a("While waiting %.1f s for the leader, each worker made about %.0f connection"
-          % (ctx["waited"], ctx["tries"]))
-        a("attempts (median; from its progress lines, a lower bound).")
+    a("Where lwsinit's time goes (medians, from the same origin): *leader listening*,")
+    a("the leader's log line that it holds the rendezvous; *last joined*, its log line")
+    a("that the last worker joined (JSON logs, 1 ms resolution); *first engine*, the")
+    a("main() of the first engine, that is the release plus one launch. The rest, to")
+    a("the last engine, is the release reaching %d agents and %d fork+execs, all on" % (n, n))
+    a("the same %s CPUs." % m["nproc"])
+    if ctx.get("waited") is not None:
+        a("The workers retried for %.1f s (median) before the leader started." % ctx["waited"])
     a("")
     a("Target: lwsinit at most %.0fx the C floor in both orders: **%s**." % (
         TARGET_RATIO, ctx["verdict"]))
@@ -330,11 +319,11 @@ def main():
                 c = cfloor_join(cfloor, stamp, n, root, o, args.wait)
                 cf[o].append(c)
                 print("rep %d leader %-5s lwsinit %7.1f ms (first engine %6.1f, listening %s, "
-                      "released %s%s)   C floor %6.1f ms (first %5.1f)" % (
+                      "last joined %s, released %s)   C floor %6.1f ms (first %5.1f)" % (
                           rep + 1, o, res["ms"], res["first_ms"],
                           "%.0f" % res["listen_ms"] if "listen_ms" in res else "?",
+                          "%.0f" % res["joined_ms"] if "joined_ms" in res else "?",
                           "%.0f" % res["release_ms"] if "release_ms" in res else "?",
-                          ", worker tries %.0f" % res["tries"] if "tries" in res else "",
                           c["ms"], c["first_ms"]), flush=True)
     finally:
         reap_all()
@@ -364,7 +353,6 @@ def main():
         "orders": orders, "verdict": verdict, "notes": ["the whole run took %.0f s" % elapsed],
     }
     if "last" in orders:
-        ctx["tries"] = med(lws["last"], "tries")
         ctx["waited"] = med(lws["last"], "waited_s")
     section = render(ctx)
     print()
