@@ -45,11 +45,8 @@ and ninja to build lwsinit.
 """
 
 import argparse
-import datetime
 import os
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,8 +54,8 @@ import time
 
 from benchlib import free_port, write_section
 from rdzv_bench import (LwsGroup, build_lwsinit, build_stamp, count_files, exec_cost_ms,
-                        git_rev, log_ts_ns, machine, make_subreaper, read_stamp, reap_all,
-                        settle_cpu, spawn, wait_for, wait_pids)
+                        kill_groups, log_ts_ns, make_subreaper, med, read_stamp, reap_all,
+                        run_context, settle_cpu, spawn, wait_for)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -194,20 +191,7 @@ def cfloor_join(cfloor, stamp, n, root, order, wait):
         ends = [read_stamp(os.path.join(d, "eng-%d" % r))[0] for r in range(n)]
         return {"ms": (max(ends) - start_m) / 1e6, "first_ms": (min(ends) - start_m) / 1e6}
     finally:
-        for p in pids:
-            try:
-                os.killpg(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_pids(pids, 10)
-        time.sleep(0.05)
-        reap_all()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def med(rows, key):
-    xs = [r[key] for r in rows if key in r]
-    return statistics.median(xs) if xs else float("nan")
+        kill_groups(pids, d)
 
 
 def render(ctx):
@@ -252,6 +236,14 @@ def render(ctx):
             max(r["ms"] for r in cf), med(lw, "ms") / med(cf, "ms"),
             "%.0f" % med(lw, "listen_ms") if o == "last" else "-",
             med(lw, "joined_ms"), med(lw, "first_ms"), med(cf, "first_ms")))
+    if ctx.get("base"):
+        for o in ctx["orders"]:
+            b, cf = ctx["base"][o], ctx["cf"][o]
+            a("| leader %s, %s | %.1f | %.1f | | | %.2f | %s | %.0f | %.1f | |" % (
+                o, ctx["base_name"], med(b, "ms"), max(r["ms"] for r in b),
+                med(b, "ms") / med(cf, "ms"),
+                "%.0f" % med(b, "listen_ms") if o == "last" else "-",
+                med(b, "joined_ms"), med(b, "first_ms")))
     a("")
     a("Where lwsinit's time goes (medians, from the same origin): *leader listening*,")
     a("the leader's log line that it holds the rendezvous; *last joined*, its log line")
@@ -280,6 +272,11 @@ def main():
     ap.add_argument("--wait", type=float, default=3.0,
                     help="seconds the workers retry before the leader starts (leader last)")
     ap.add_argument("--lwsinit", help="use this binary instead of building build-rdzvbench/")
+    ap.add_argument("--baseline", metavar="LWSINIT",
+                    help="also run this other lwsinit build (e.g. of an older revision) in the "
+                         "same run, as a row of its own")
+    ap.add_argument("--baseline-name", default="baseline",
+                    help="what the section calls the --baseline build")
     ap.add_argument("--log-level", default="info", help="the agents' --log-level")
     ap.add_argument("--opt", action="append", default=[],
                     help="an extra lwsinit option (repeat)")
@@ -305,6 +302,8 @@ def main():
     t_begin = time.monotonic()
     lws = {o: [] for o in ORDERS}
     cf = {o: [] for o in ORDERS}
+    base = {o: [] for o in ORDERS}
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
     try:
         for rep in range(args.reps):
             for o in orders:
@@ -316,6 +315,16 @@ def main():
                 if not args.keep:
                     shutil.rmtree(g.d, ignore_errors=True)
                 lws[o].append(res)
+                if baseline:
+                    g = JoinGroup(baseline, stamp, n, root, args.log_level, args.opt)
+                    try:
+                        b = g.join(o, args.wait)
+                    finally:
+                        g.stop()
+                    shutil.rmtree(g.d, ignore_errors=True)
+                    base[o].append(b)
+                    print("rep %d leader %-5s %s %7.1f ms" % (rep + 1, o, args.baseline_name,
+                                                              b["ms"]), flush=True)
                 c = cfloor_join(cfloor, stamp, n, root, o, args.wait)
                 cf[o].append(c)
                 print("rep %d leader %-5s lwsinit %7.1f ms (first engine %6.1f, listening %s, "
@@ -340,18 +349,14 @@ def main():
         parts.append("leader %s %.2fx" % (o, ratio))
     verdict = ("met" if ok and len(orders) == 2 else "NOT met" if not ok
                else "not judged (one order only)") + " (" + ", ".join(parts) + ")"
-    cmd = "python3 tests/bench/join_bench.py"
-    extra = [x for x in sys.argv[1:] if x not in ("--no-write", "--keep")]
-    if extra:
-        cmd += " " + " ".join(extra)
-    ctx = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(), "lws_version": lws_version, "loadavg": loadavg,
-        "lwsinit_rel": os.path.relpath(lwsinit, REPO), "git": git_rev(), "exec_ms": exec_ms,
-        "reps": args.reps, "command": cmd, "n": n, "wait": args.wait,
+    ctx = run_context("join_bench.py", lwsinit, lws_version, loadavg, exec_ms)
+    ctx.update({
+        "reps": args.reps, "n": n, "wait": args.wait,
         "lws": {o: lws[o] for o in orders}, "cf": {o: cf[o] for o in orders},
-        "orders": orders, "verdict": verdict, "notes": ["the whole run took %.0f s" % elapsed],
-    }
+        "orders": orders, "verdict": verdict,
+        "base": {o: base[o] for o in orders} if baseline else None,
+        "base_name": args.baseline_name, "notes": ["the whole run took %.0f s" % elapsed],
+    })
     if "last" in orders:
         ctx["waited"] = med(lws["last"], "waited_s")
     section = render(ctx)

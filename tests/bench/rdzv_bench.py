@@ -609,6 +609,21 @@ class LwsGroup:
         reap_all()
 
 
+def kill_groups(pids, d):
+    """Kills the process groups led by pids (each started with pgroup=True:
+    the members and the engines they launched), reaps them and their
+    orphans, and removes their folder d."""
+    for p in pids:
+        try:
+            os.killpg(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_pids(pids, 10)
+    time.sleep(0.05)
+    reap_all()
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def floor_run(stamp, n, root, settle):
     """N processes blocked on one pipe, released by closing it; each forks
     and execs the engine.  From the close to the last engine's main()."""
@@ -640,15 +655,7 @@ def floor_run(stamp, n, root, settle):
         for fd in (r, w):
             if fd >= 0:
                 os.close(fd)
-        for p in pids:
-            try:
-                os.killpg(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_pids(pids, 10)
-        time.sleep(0.05)
-        reap_all()
-        shutil.rmtree(d, ignore_errors=True)
+        kill_groups(pids, d)
 
 
 class TorchSide:
@@ -740,6 +747,22 @@ def git_rev():
         return rev + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         return "?"
+
+
+def run_context(script, lwsinit, lws_version, loadavg, exec_ms):
+    """What every section says of its run: the date, the machine, the build,
+    and the command that reproduces it (this one's arguments, less those
+    that only keep files or skip the write)."""
+    cmd = "python3 tests/bench/" + script
+    extra = [a for a in sys.argv[1:] if a not in ("--no-write", "--keep")]
+    if extra:
+        cmd += " " + " ".join(extra)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "lws_version": lws_version, "loadavg": loadavg,
+        "lwsinit_rel": os.path.relpath(lwsinit, REPO), "git": git_rev(), "exec_ms": exec_ms,
+        "command": cmd,
+    }
 
 
 def med(rows, key):
@@ -989,19 +1012,13 @@ def main():
         if flo[TARGET_N]:
             fmed = med(flo[TARGET_N], "ms")
             verdict += ", and the floor (N engine execs after a free barrier) %.1f ms" % fmed
-    cmd = "python3 tests/bench/rdzv_bench.py"
-    extra = [a for a in sys.argv[1:] if a not in ("--no-write", "--keep")]
-    if extra:
-        cmd += " " + " ".join(extra)
-    ctx = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(), "lws_version": lws_version, "loadavg": loadavg,
-        "lwsinit_rel": os.path.relpath(lwsinit, REPO), "git": git_rev(), "exec_ms": exec_ms,
+    ctx = run_context("rdzv_bench.py", lwsinit, lws_version, loadavg, exec_ms)
+    ctx.update({
         "torch": torch_side.info if torch_side else None, "torch_deb": torch_deb,
-        "reps": args.reps, "command": cmd, "sizes": sizes, "lws": lws, "tcp": tcp,
+        "reps": args.reps, "sizes": sizes, "lws": lws, "tcp": tcp,
         "floor": flo, "tsp": tsp, "verdict": verdict,
         "notes": ["the whole run took %.0f s" % elapsed],
-    }
+    })
     section = render(ctx)
     print()
     print(section)
