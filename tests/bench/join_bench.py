@@ -251,6 +251,10 @@ def render(ctx):
     a("main() of the first engine, that is the release plus one launch. The rest, to")
     a("the last engine, is the release reaching %d agents and %d fork+execs, all on" % (n, n))
     a("the same %s CPUs." % m["nproc"])
+    if ctx.get("base"):
+        a("The rows *%s* are another lwsinit build (`--baseline`) in the same run, the"
+          % ctx["base_name"])
+        a("variants alternating, with the C floor of the same repetitions.")
     if ctx.get("waited") is not None:
         a("The workers retried for %.1f s (median) before the leader started." % ctx["waited"])
     a("")

@@ -74,6 +74,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -756,7 +757,7 @@ def run_context(script, lwsinit, lws_version, loadavg, exec_ms):
     cmd = "python3 tests/bench/" + script
     extra = [a for a in sys.argv[1:] if a not in ("--no-write", "--keep")]
     if extra:
-        cmd += " " + " ".join(extra)
+        cmd += " " + shlex.join(extra)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "lws_version": lws_version, "loadavg": loadavg,
