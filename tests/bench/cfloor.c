@@ -10,7 +10,14 @@
  * blocks reading the release byte, then fork+execs ENGINE. No handshake, no
  * authentication, no checks, no logging: only the SYNs, the accepts, the
  * release and the launches. Each rank then waits for its engine (the bench
- * kills the process group). Exit 1 on any error, with one line on stderr. */
+ * kills the process group). Exit 1 on any error, with one line on stderr.
+ *
+ *   cfloor -c PORT COUNT
+ *
+ * The cost of one refused connect: COUNT times a socket, a connect to
+ * 127.0.0.1:PORT where nothing listens (a SYN answered by a reset) and a
+ * close; prints the process's CPU time per attempt in microseconds, which
+ * on loopback holds both ends' kernel work (docs/protocol.md, "Retries"). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -108,10 +116,41 @@ static void worker(struct sockaddr_in *sa, char **engine)
   }
 }
 
+static double cpu_us(void)
+{
+  struct rusage u;
+  if (getrusage(RUSAGE_SELF, &u) < 0)
+    die("getrusage");
+  return (double)(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 +
+         (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+static int refused_cost(struct sockaddr_in *sa, long count)
+{
+  double t0 = cpu_us();
+  for (long i = 0; i < count; i++) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+      die("socket");
+    if (connect(s, (struct sockaddr *)sa, sizeof(*sa)) == 0 || errno != ECONNREFUSED) {
+      fprintf(stderr, "cfloor: the connect was not refused: something listens there\n");
+      return 1;
+    }
+    close(s);
+  }
+  printf("%.2f\n", (cpu_us() - t0) / (double)count);
+  return 0;
+}
+
 int main(int argc, char **argv)
 {
+  if (argc == 4 && strcmp(argv[1], "-c") == 0) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return refused_cost(&sa, atol(argv[3]));
+  }
   if (argc < 5) {
-    fprintf(stderr, "usage: cfloor PORT N RANK ENGINE ARG...\n");
+    fprintf(stderr, "usage: cfloor PORT N RANK ENGINE ARG... | cfloor -c PORT COUNT\n");
     return 2;
   }
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};

@@ -91,6 +91,14 @@ def build_cfloor(root):
     return exe
 
 
+def refused_cost_us(cfloor, count=100000):
+    """CPU time of one refused connect attempt on loopback (both ends), us:
+    what the workers' retries cost while the leader is not listening."""
+    out = subprocess.run([cfloor, "-c", str(free_port()), str(count)], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out)
+
+
 class JoinGroup(LwsGroup):
     """One repetition of an lwsinit group, the leader started last or first."""
 
@@ -220,6 +228,8 @@ def render(ctx):
     a("- date: %s" % ctx["date"])
     a("- machine: %s CPUs, %s, Linux %s; one spawn+exec of a static binary costs "
       "%.1f ms here" % (m["nproc"], m["cpu"], m["kernel"], ctx["exec_ms"]))
+    a("- one refused connect attempt (socket, SYN, reset, close; both ends on loopback) "
+      "costs %.1f us of CPU here (`cfloor -c`; docs/protocol.md, \"Retries\")" % ctx["syn_us"])
     a("- load average at the start: %s" % ctx["loadavg"])
     a("- lwsinit: %s, `%s`, git %s" % (ctx["lws_version"], ctx["lwsinit_rel"], ctx["git"]))
     a("- %d repetitions, the four variants alternating; median / max" % ctx["reps"])
@@ -303,6 +313,7 @@ def main():
     stamp = build_stamp(root)
     cfloor = build_cfloor(root)
     exec_ms = exec_cost_ms(stamp)
+    syn_us = refused_cost_us(cfloor)
     t_begin = time.monotonic()
     lws = {o: [] for o in ORDERS}
     cf = {o: [] for o in ORDERS}
@@ -355,7 +366,7 @@ def main():
                else "not judged (one order only)") + " (" + ", ".join(parts) + ")"
     ctx = run_context("join_bench.py", lwsinit, lws_version, loadavg, exec_ms)
     ctx.update({
-        "reps": args.reps, "n": n, "wait": args.wait,
+        "reps": args.reps, "n": n, "wait": args.wait, "syn_us": syn_us,
         "lws": {o: lws[o] for o in orders}, "cf": {o: cf[o] for o in orders},
         "orders": orders, "verdict": verdict,
         "base": {o: base[o] for o in orders} if baseline else None,
