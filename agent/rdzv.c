@@ -90,6 +90,15 @@ int lwsi_rdzv_start(struct lwsi_rdzv *r, uv_loop_t *loop, const struct lwsi_rdzv
     c->retry_max_ms = LWSI_RDZV_RETRY_MAX_MS;
   if (c->retry_max_ms < c->retry_min_ms)
     c->retry_max_ms = c->retry_min_ms;
+  if (c->refused_retry_ms == 0 && c->size > 0) {
+    /* Every delay is at least 3/4 of the step, so (size - 1) workers make
+     * at most (size - 1) x 4000 / (3 x step) attempts a second in all. */
+    uint64_t fair = ((uint64_t)(c->size - 1) * 4000 + 3 * LWSI_RDZV_REFUSED_RATE - 1) /
+                    (3 * LWSI_RDZV_REFUSED_RATE);
+    c->refused_retry_ms = fair > LWSI_RDZV_REFUSED_MIN_MS ? fair : LWSI_RDZV_REFUSED_MIN_MS;
+  }
+  if (c->refused_retry_ms > c->retry_max_ms)
+    c->refused_retry_ms = c->retry_max_ms;
   /* Room for every worker of the group to be mid-handshake at once (a
    * whole group starting together), and never less than the default. */
   if (c->max_pending == 0)

@@ -1,9 +1,10 @@
 /* The worker's side of the rendezvous (docs/protocol.md): connection
- * attempts with a jittered backoff, the handshake and the proofs that make
- * a leader's answer believable, the waiting list and the release, and
- * after it the leader's liveness and the losses it relays. Owns
- * r->as_worker; the shared machinery calls in through
- * lwsi__rdzv_worker_ops. */
+ * attempts (a refused connect retried at a short step that does not grow,
+ * every other failure with a doubling backoff, both jittered), the
+ * handshake and the proofs that make a leader's answer believable, the
+ * waiting list and the release, and after it the leader's liveness and
+ * the losses it relays. Owns r->as_worker; the shared machinery calls in
+ * through lwsi__rdzv_worker_ops. */
 #include "rdzv_int.h"
 
 #include <errno.h>
@@ -31,27 +32,40 @@ static void worker_schedule_retry(struct lwsi_rdzv *r, uint64_t delay)
     uv_timer_start(&r->as_worker.retry, worker_attempt, delay, 0);
 }
 
-/* Full jitter in the upper half of the step: never longer than the cap,
- * so a leader that comes up late is found within the cap. */
+/* A delay drawn uniformly in [d - d / part, d]: never longer than d, so
+ * the step bounds the gap between attempts, and never shorter than
+ * d - d / part, so it bounds their rate too. */
+static uint64_t worker_jitter(struct lwsi_rdzv *r, uint64_t d, uint64_t part)
+{
+  uint64_t spread = d / part;
+  return d - (spread ? rng_next(r) % (spread + 1) : 0);
+}
+
+/* The backoff for every failure but a refused connect: doubling up to the
+ * cap, so a leader that comes up late is found within the cap. */
 static uint64_t worker_next_delay(struct lwsi_rdzv *r)
 {
   uint64_t d = r->as_worker.retry_delay;
-  uint64_t half = d / 2;
-  uint64_t j = half + (half ? rng_next(r) % (d - half + 1) : 0);
   r->as_worker.retry_delay = d * 2 > r->cfg.retry_max_ms ? r->cfg.retry_max_ms : d * 2;
-  return j;
+  return worker_jitter(r, d, 2); /* the upper half: [d/2, d] */
+}
+
+/* Tries again after delay ms: the connection (if any) is closed first. */
+static void worker_retry_in(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, int err,
+                            const char *why, uint64_t delay)
+{
+  if (c != NULL)
+    lwsi__rdzv_conn_close(c);
+  lwsi_text_copy(r->as_worker.last_error, sizeof(r->as_worker.last_error), why);
+  worker_schedule_retry(r, delay);
+  lwsi__rdzv_emit(r, LWSI_RDZV_EV_RETRYING, 0, r->host, "", err, "%s; retrying in %llu ms", why,
+                  (unsigned long long)delay);
 }
 
 /* A connection attempt or handshake failed: try again after a backoff. */
 static void worker_retry(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, int err, const char *why)
 {
-  if (c != NULL)
-    lwsi__rdzv_conn_close(c);
-  lwsi_text_copy(r->as_worker.last_error, sizeof(r->as_worker.last_error), why);
-  uint64_t delay = worker_next_delay(r);
-  worker_schedule_retry(r, delay);
-  lwsi__rdzv_emit(r, LWSI_RDZV_EV_RETRYING, 0, r->host, "", err, "%s; retrying in %llu ms", why,
-                  (unsigned long long)delay);
+  worker_retry_in(r, c, err, why, worker_next_delay(r));
 }
 
 /* Final: refused, failed or timed out. */
@@ -416,6 +430,21 @@ static void worker_connect_failed(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   char why[LWSI_WIRE_REASON_MAX];
   lwsi_text_printf(why, sizeof(why), "cannot %s the leader at %s:%u: %s", step, r->host,
                    r->cfg.port, uv_strerror(err));
+  if (err == UV_ECONNREFUSED) {
+    /* The leader's host answered the SYN with an RST: it is up and nobody
+     * listens on the port yet, the usual state of a group whose leader's
+     * agent starts last. Such a try costs the leader's node one SYN in and
+     * one RST out and no state (RFC 9293 3.10.7.1: a segment for a CLOSED
+     * port is answered with a reset; Linux's tcp_v4_send_reset builds it
+     * from the segment alone), so it is retried at the refused step, which
+     * does not grow and whose size bounds the group's rate
+     * (LWSI_RDZV_REFUSED_*): a late leader is joined within one step. A
+     * quarter of jitter is enough: refusals keep no state, so workers in
+     * lockstep cost the leader nothing more. The backoff for every other
+     * failure is left where it was. */
+    worker_retry_in(r, c, err, why, worker_jitter(r, r->cfg.refused_retry_ms, 4));
+    return;
+  }
   worker_retry(r, c, err, why);
 }
 

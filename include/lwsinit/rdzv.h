@@ -25,6 +25,17 @@
 #define LWSI_RDZV_CONNECT_MS 1000   /* one connection attempt (a SYN to nowhere waits minutes) */
 #define LWSI_RDZV_RETRY_MIN_MS 25   /* worker's first retry delay; doubles ... */
 #define LWSI_RDZV_RETRY_MAX_MS 1000 /* ... up to this, with jitter */
+/* A refused connect (the leader's host answered, nobody listens yet: one
+ * SYN and one RST, no state kept on either side) is retried after a step
+ * that does not grow, each delay drawn in [3/4 step, step], so that a
+ * group whose leader starts last joins within a step of its listen
+ * (docs/protocol.md, "Retries"). The step is the larger of
+ * LWSI_RDZV_REFUSED_MIN_MS and what keeps the whole group's refused
+ * attempts under LWSI_RDZV_REFUSED_RATE a second at the leader's node,
+ * (size - 1) x 4000 / (3 x LWSI_RDZV_REFUSED_RATE) ms; never above
+ * retry_max_ms. */
+#define LWSI_RDZV_REFUSED_MIN_MS 20
+#define LWSI_RDZV_REFUSED_RATE 4000 /* refused attempts per second, whole group, at most */
 #define LWSI_RDZV_MAX_PENDING 64    /* connections accepted but not joined, at least; 2 x size */
 #define LWSI_RDZV_APP_KEPT 8        /* leader: app kinds kept for a rejoining member */
 
@@ -58,6 +69,7 @@ struct lwsi_rdzv_config {
   uint64_t connect_timeout_ms;   /* 0: LWSI_RDZV_CONNECT_MS */
   uint64_t retry_min_ms;         /* 0: LWSI_RDZV_RETRY_MIN_MS */
   uint64_t retry_max_ms;         /* 0: LWSI_RDZV_RETRY_MAX_MS */
+  uint64_t refused_retry_ms;     /* 0: from size (LWSI_RDZV_REFUSED_*) */
   uint32_t max_pending;          /* 0: the larger of LWSI_RDZV_MAX_PENDING and 2 x size */
 };
 
@@ -247,7 +259,7 @@ struct lwsi_rdzv {
     struct sockaddr_storage peer_sa; /* the leader */
     uv_timer_t retry;                /* the next connection attempt */
     bool retry_open;
-    uint64_t retry_delay;                  /* the current backoff step */
+    uint64_t retry_delay;                  /* the current backoff step (not refusals) */
     uint64_t rng;                          /* jitter only; seeded from getrandom */
     char last_error[LWSI_WIRE_REASON_MAX]; /* why the last attempt failed */
     uint32_t njoined;                      /* workers joined, as the leader last said */

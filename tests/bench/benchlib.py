@@ -1,4 +1,5 @@
-"""What the benchmarks of this folder share: /proc readers, and a free port.
+"""What the benchmarks of this folder share: /proc readers, a free port, and
+the writer of a script's own section of docs/benchmarks.md.
 
 free_port is the acceptance tests' (tests/acceptance/lwsitest.py): a port
 outside the kernel's ephemeral range, so that the outgoing connections of
@@ -11,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "acceptance"))
 from lwsitest import free_port  # noqa: E402
 
-__all__ = ["children_of", "cpu_jiffies", "free_port", "stat_fields"]
+__all__ = ["children_of", "cpu_jiffies", "free_port", "stat_fields", "write_section"]
 
 
 def stat_fields(pid):
@@ -38,3 +39,32 @@ def cpu_jiffies():
     then guest and guest_nice (already counted in user and nice)."""
     with open("/proc/stat") as f:
         return [int(x) for x in f.readline().split()[1:]]
+
+
+def write_section(doc, begin, end, section):
+    """Replaces the part of doc between the markers begin and end with
+    section (appending the block when the markers are missing, creating the
+    file when it is). A read-modify-write of that block only, done at the
+    very end of a run and quickly: other scripts own other sections of the
+    same file. The rename makes the new file appear whole."""
+    block = "%s\n%s%s\n" % (begin, section, end)
+    if os.path.exists(doc):
+        with open(doc) as f:
+            txt = f.read()
+        if begin in txt and end in txt:
+            head, rest = txt.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            tail = tail.lstrip("\n")
+            txt = head + block + ("\n" + tail if tail.strip() else "")
+        else:
+            txt = txt.rstrip("\n") + "\n\n" + block
+    else:
+        os.makedirs(os.path.dirname(doc), exist_ok=True)
+        txt = ("# Benchmarks\n\n"
+               "Measurements of lwsinit. Each section is written by the script it names\n"
+               "between its own marker comments; rerun the script to refresh a section,\n"
+               "and add new sections with their own markers.\n\n" + block)
+    tmp = "%s.%d.tmp" % (doc, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(txt)
+    os.replace(tmp, doc)

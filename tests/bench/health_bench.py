@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import children_of, cpu_jiffies, free_port, stat_fields
+from benchlib import children_of, cpu_jiffies, free_port, stat_fields, write_section
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -994,29 +994,7 @@ def render(ctx, det, prb):
 
 
 def write_doc(section):
-    """Read-modify-write of our section only, done at the very end and
-    quickly: other scripts own other sections of the same file."""
-    block = "%s\n%s%s\n" % (BEGIN, section, END)
-    if os.path.exists(DOC):
-        txt = open(DOC).read()
-        if BEGIN in txt and END in txt:
-            head, rest = txt.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            txt = head + block + tail.lstrip("\n")
-            if tail.strip():
-                txt = head + block + "\n" + tail.lstrip("\n")
-        else:
-            txt = txt.rstrip("\n") + "\n\n" + block
-    else:
-        os.makedirs(os.path.dirname(DOC), exist_ok=True)
-        txt = ("# Benchmarks\n\n"
-               "Measurements of lwsinit. Each section is written by the script it names\n"
-               "between its own marker comments; rerun the script to refresh a section,\n"
-               "and add new sections with their own markers.\n\n" + block)
-    tmp = DOC + ".health-bench.tmp"
-    with open(tmp, "w") as f:
-        f.write(txt)
-    os.replace(tmp, DOC)
+    write_section(DOC, BEGIN, END, section)
 
 
 # ---------------------------------------------------------------- main

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import free_port, stat_fields
+from benchlib import free_port, stat_fields, write_section
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -727,26 +727,7 @@ def build_section(ctx):
 
 
 def write_doc(section):
-    block = f"{BEGIN}\n{section}{END}\n"
-    if os.path.exists(DOC):
-        txt = open(DOC).read()
-        if BEGIN in txt and END in txt:
-            head, rest = txt.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            tail = tail.lstrip("\n")
-            txt = head + block + ("\n" + tail if tail.strip() else "")
-            if not txt.endswith("\n"):
-                txt += "\n"
-        else:
-            txt = txt.rstrip("\n") + "\n\n" + block
-    else:
-        os.makedirs(os.path.dirname(DOC), exist_ok=True)
-        txt = ("# Benchmarks\n\n"
-               "Measurements of lwsinit. Each section is written by the script it names\n"
-               "between its own marker comments; rerun the script to refresh a section,\n"
-               "and add new sections with their own markers.\n\n" + block)
-    with open(DOC, "w") as f:
-        f.write(txt)
+    write_section(DOC, BEGIN, END, section)
 
 
 # ---------------------------------------------------------------- main

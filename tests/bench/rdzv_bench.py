@@ -74,6 +74,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -83,7 +84,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import children_of, cpu_jiffies, free_port
+from benchlib import children_of, cpu_jiffies, free_port, write_section
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -609,6 +610,21 @@ class LwsGroup:
         reap_all()
 
 
+def kill_groups(pids, d):
+    """Kills the process groups led by pids (each started with pgroup=True:
+    the members and the engines they launched), reaps them and their
+    orphans, and removes their folder d."""
+    for p in pids:
+        try:
+            os.killpg(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_pids(pids, 10)
+    time.sleep(0.05)
+    reap_all()
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def floor_run(stamp, n, root, settle):
     """N processes blocked on one pipe, released by closing it; each forks
     and execs the engine.  From the close to the last engine's main()."""
@@ -640,15 +656,7 @@ def floor_run(stamp, n, root, settle):
         for fd in (r, w):
             if fd >= 0:
                 os.close(fd)
-        for p in pids:
-            try:
-                os.killpg(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_pids(pids, 10)
-        time.sleep(0.05)
-        reap_all()
-        shutil.rmtree(d, ignore_errors=True)
+        kill_groups(pids, d)
 
 
 class TorchSide:
@@ -740,6 +748,22 @@ def git_rev():
         return rev + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         return "?"
+
+
+def run_context(script, lwsinit, lws_version, loadavg, exec_ms):
+    """What every section says of its run: the date, the machine, the build,
+    and the command that reproduces it (this one's arguments, less those
+    that only keep files or skip the write)."""
+    cmd = "python3 tests/bench/" + script
+    extra = [a for a in sys.argv[1:] if a not in ("--no-write", "--keep")]
+    if extra:
+        cmd += " " + shlex.join(extra)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "lws_version": lws_version, "loadavg": loadavg,
+        "lwsinit_rel": os.path.relpath(lwsinit, REPO), "git": git_rev(), "exec_ms": exec_ms,
+        "command": cmd,
+    }
 
 
 def med(rows, key):
@@ -858,28 +882,7 @@ def render(ctx):
 
 
 def write_doc(section):
-    """Read-modify-write of our section only, done at the very end and
-    quickly: other scripts own other sections of the same file."""
-    block = "%s\n%s%s\n" % (BEGIN, section, END)
-    if os.path.exists(DOC):
-        txt = open(DOC).read()
-        if BEGIN in txt and END in txt:
-            head, rest = txt.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            tail = tail.lstrip("\n")
-            txt = head + block + ("\n" + tail if tail.strip() else "")
-        else:
-            txt = txt.rstrip("\n") + "\n\n" + block
-    else:
-        os.makedirs(os.path.dirname(DOC), exist_ok=True)
-        txt = ("# Benchmarks\n\n"
-               "Measurements of lwsinit. Each section is written by the script it names\n"
-               "between its own marker comments; rerun the script to refresh a section,\n"
-               "and add new sections with their own markers.\n\n" + block)
-    tmp = DOC + ".rdzv-bench.tmp"
-    with open(tmp, "w") as f:
-        f.write(txt)
-    os.replace(tmp, DOC)
+    write_section(DOC, BEGIN, END, section)
 
 
 def main():
@@ -1010,19 +1013,13 @@ def main():
         if flo[TARGET_N]:
             fmed = med(flo[TARGET_N], "ms")
             verdict += ", and the floor (N engine execs after a free barrier) %.1f ms" % fmed
-    cmd = "python3 tests/bench/rdzv_bench.py"
-    extra = [a for a in sys.argv[1:] if a not in ("--no-write", "--keep")]
-    if extra:
-        cmd += " " + " ".join(extra)
-    ctx = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(), "lws_version": lws_version, "loadavg": loadavg,
-        "lwsinit_rel": os.path.relpath(lwsinit, REPO), "git": git_rev(), "exec_ms": exec_ms,
+    ctx = run_context("rdzv_bench.py", lwsinit, lws_version, loadavg, exec_ms)
+    ctx.update({
         "torch": torch_side.info if torch_side else None, "torch_deb": torch_deb,
-        "reps": args.reps, "command": cmd, "sizes": sizes, "lws": lws, "tcp": tcp,
+        "reps": args.reps, "sizes": sizes, "lws": lws, "tcp": tcp,
         "floor": flo, "tsp": tsp, "verdict": verdict,
         "notes": ["the whole run took %.0f s" % elapsed],
-    }
+    })
     section = render(ctx)
     print()
     print(section)
