@@ -13,6 +13,35 @@
 
 static double ms_to_s(uint64_t ms) { return (double)ms / 1000.0; }
 
+/* key: the text where present, else null: the document keeps its keys
+ * whether or not there is a value, so that readers need no second case. */
+static void add_text_or_null(cJSON *o, const char *key, const char *text, bool present)
+{
+  if (present)
+    cJSON_AddStringToObject(o, key, text);
+  else
+    cJSON_AddNullToObject(o, key);
+}
+
+static void add_number_or_null(cJSON *o, const char *key, double value, bool present)
+{
+  if (present)
+    cJSON_AddNumberToObject(o, key, value);
+  else
+    cJSON_AddNullToObject(o, key);
+}
+
+/* A new object at the end of arr, or NULL when memory ran out. */
+static cJSON *add_row(cJSON *arr)
+{
+  cJSON *o = cJSON_CreateObject();
+  if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
+    cJSON_Delete(o);
+    return NULL;
+  }
+  return o;
+}
+
 const char *lwsi_status_child_name(enum lwsi_status_child state)
 {
   switch (state) {
@@ -66,10 +95,7 @@ static void add_upstream(const struct lwsi_status_snapshot *s, cJSON *doc)
   cJSON_AddNumberToObject(up, "latency_s", s->upstream.latency_s);
   cJSON_AddNumberToObject(up, "polls", (double)s->upstream.polls);
   cJSON_AddNumberToObject(up, "failures", (double)s->upstream.failures);
-  if (s->upstream.error[0] != '\0')
-    cJSON_AddStringToObject(up, "error", s->upstream.error);
-  else
-    cJSON_AddNullToObject(up, "error");
+  add_text_or_null(up, "error", s->upstream.error, s->upstream.error[0] != '\0');
 }
 
 /* A member's engine health as its heartbeats report it: whether it polls
@@ -78,14 +104,10 @@ static void add_upstream(const struct lwsi_status_snapshot *s, cJSON *doc)
 static void add_member_health(const struct lwsi_status_member *m, cJSON *o)
 {
   cJSON_AddBoolToObject(o, "upstream_polled", m->upstream_on);
-  if (m->upstream_on && m->upstream_age_ms >= 0)
-    cJSON_AddNumberToObject(o, "upstream_since_s", (double)m->upstream_age_ms / 1000.0);
-  else
-    cJSON_AddNullToObject(o, "upstream_since_s");
-  if (m->upstream_on && !m->upstream && m->upstream_error[0] != '\0')
-    cJSON_AddStringToObject(o, "upstream_error", m->upstream_error);
-  else
-    cJSON_AddNullToObject(o, "upstream_error");
+  add_number_or_null(o, "upstream_since_s", (double)m->upstream_age_ms / 1000.0,
+                     m->upstream_on && m->upstream_age_ms >= 0);
+  add_text_or_null(o, "upstream_error", m->upstream_error,
+                   m->upstream_on && !m->upstream && m->upstream_error[0] != '\0');
   cJSON_AddBoolToObject(o, "stopping", m->stopping);
 }
 
@@ -97,24 +119,16 @@ static void add_members(const struct lwsi_status_snapshot *s, cJSON *doc)
     return;
   for (size_t i = 0; i < s->nmembers; i++) {
     const struct lwsi_status_member *m = &s->members[i];
-    cJSON *o = cJSON_CreateObject();
-    if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
-      cJSON_Delete(o);
+    cJSON *o = add_row(arr);
+    if (o == NULL)
       return;
-    }
     cJSON_AddNumberToObject(o, "rank", m->rank);
     cJSON_AddStringToObject(o, "address", m->addr);
     cJSON_AddStringToObject(o, "pod", m->pod);
     cJSON_AddBoolToObject(o, "joined", m->joined);
     cJSON_AddBoolToObject(o, "alive", m->alive);
-    if (m->hb_age_ms >= 0)
-      cJSON_AddNumberToObject(o, "heartbeat_age_s", (double)m->hb_age_ms / 1000.0);
-    else
-      cJSON_AddNullToObject(o, "heartbeat_age_s");
-    if (m->rtt_us >= 0)
-      cJSON_AddNumberToObject(o, "rtt_s", (double)m->rtt_us / 1e6);
-    else
-      cJSON_AddNullToObject(o, "rtt_s");
+    add_number_or_null(o, "heartbeat_age_s", (double)m->hb_age_ms / 1000.0, m->hb_age_ms >= 0);
+    add_number_or_null(o, "rtt_s", (double)m->rtt_us / 1e6, m->rtt_us >= 0);
     if (m->has_state) {
       cJSON_AddStringToObject(o, "child", m->child);
       cJSON_AddBoolToObject(o, "upstream", m->upstream);
@@ -143,10 +157,7 @@ static void add_gpu_check(const struct lwsi_status_snapshot *s, cJSON *doc)
     cJSON_AddNumberToObject(g, "devices", s->gpu.devices);
     cJSON_AddStringToObject(g, "model", s->gpu.model);
     cJSON_AddNumberToObject(g, "time_s", s->gpu.time_ms / 1000.0);
-    if (s->gpu.busbw_gbps >= 0)
-      cJSON_AddNumberToObject(g, "busbw_gbps", s->gpu.busbw_gbps);
-    else
-      cJSON_AddNullToObject(g, "busbw_gbps");
+    add_number_or_null(g, "busbw_gbps", s->gpu.busbw_gbps, s->gpu.busbw_gbps >= 0);
   }
   if (s->gpu.error[0] != '\0')
     cJSON_AddStringToObject(g, "error", s->gpu.error);
@@ -171,18 +182,13 @@ static void add_node_check(const struct lwsi_status_snapshot *s, cJSON *doc)
   cJSON *arr = cJSON_AddArrayToObject(n, "checks");
   for (size_t i = 0; arr != NULL && i < s->node.nitems; i++) {
     const struct lwsi_status_node_item *it = &s->node.items[i];
-    cJSON *o = cJSON_CreateObject();
-    if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
-      cJSON_Delete(o);
+    cJSON *o = add_row(arr);
+    if (o == NULL)
       return;
-    }
     cJSON_AddStringToObject(o, "name", it->name);
     cJSON_AddStringToObject(o, "state", it->state);
     cJSON_AddStringToObject(o, "found", it->found);
-    if (it->fix[0] != '\0')
-      cJSON_AddStringToObject(o, "fix", it->fix);
-    else
-      cJSON_AddNullToObject(o, "fix");
+    add_text_or_null(o, "fix", it->fix, it->fix[0] != '\0');
   }
 }
 
@@ -203,10 +209,7 @@ static void add_netenv(const struct lwsi_status_snapshot *s, cJSON *doc)
     cJSON *o = cJSON_AddObjectToObject(vars, v->name);
     if (o == NULL)
       return;
-    if (v->value != NULL)
-      cJSON_AddStringToObject(o, "value", v->value);
-    else
-      cJSON_AddNullToObject(o, "value");
+    add_text_or_null(o, "value", v->value, v->value != NULL);
     cJSON_AddStringToObject(o, "reason", v->reason);
   }
 }
@@ -242,11 +245,9 @@ static void add_launch_check(const struct lwsi_status_snapshot *s, cJSON *doc)
   cJSON *arr = cJSON_AddArrayToObject(lc, "ranks");
   for (size_t i = 0; arr != NULL && i < s->launch_check.nlisted; i++) {
     const struct lwsi_status_launch_diff *d = &s->launch_check.listed[i];
-    cJSON *o = cJSON_CreateObject();
-    if (o == NULL || !cJSON_AddItemToArray(arr, o)) {
-      cJSON_Delete(o);
+    cJSON *o = add_row(arr);
+    if (o == NULL)
       return;
-    }
     cJSON_AddNumberToObject(o, "rank", d->rank);
     cJSON_AddNumberToObject(o, "differences", d->count);
     cJSON_AddStringToObject(o, "detail", d->detail);
@@ -296,10 +297,7 @@ cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
   cJSON *child = cJSON_AddObjectToObject(doc, "child");
   if (child != NULL) {
     cJSON_AddStringToObject(child, "state", lwsi_status_child_name(s->child.state));
-    if (s->child.pid > 0)
-      cJSON_AddNumberToObject(child, "pid", s->child.pid);
-    else
-      cJSON_AddNullToObject(child, "pid");
+    add_number_or_null(child, "pid", s->child.pid, s->child.pid > 0);
     if (s->child.state == LWSI_STATUS_CHILD_EXITED)
       cJSON_AddNumberToObject(child, "exit_code", s->child.exit_code);
     cJSON_AddNumberToObject(child, "orphans_reaped", (double)s->child.orphans_reaped);
@@ -333,10 +331,7 @@ cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
   add_launch_check(s, doc);
   if (s->rank == 0 && s->has_group)
     add_members(s, doc);
-  if (s->last_error[0] != '\0')
-    cJSON_AddStringToObject(doc, "last_error", s->last_error);
-  else
-    cJSON_AddNullToObject(doc, "last_error");
+  add_text_or_null(doc, "last_error", s->last_error, s->last_error[0] != '\0');
   return doc;
 }
 
