@@ -490,9 +490,9 @@ int lwsi_status_print(FILE *out, const char *json)
       fprintf(out, "         %-5.0f %-22s %-8s %-10s %-10s %-9s %s%s\n", num_of(m, "rank", -1),
               str_of(m, "address", "-"), cJSON_IsTrue(alive) ? "yes" : "no", age,
               str_of(m, "child", "-"), upstream, str_of(m, "pod", "-"), stop);
-      const char *lphase = str_of(m, "launch_phase", NULL);
-      if (lphase != NULL)
-        fprintf(out, "               launch phase %s\n", lphase);
+      const char *mphase = str_of(m, "launch_phase", NULL);
+      if (mphase != NULL)
+        fprintf(out, "               launch phase %s\n", mphase);
       const char *uerr = str_of(m, "upstream_error", NULL);
       if (uerr != NULL)
         fprintf(out, "               upstream failing for %.0fs: %s\n",
