@@ -787,7 +787,7 @@ static void phases_maybe_engine(struct lwsi_agent *a)
   if (a->cfg->rank != 0 || a->done || a->phases_holding || a->stop_exit_code != 0 ||
       a->phases.step != LWSI_PHASES_WAIT_GROUP || !lwsi_phases_group_ready(&a->phases.group))
     return;
-  lwsi_log_info("%s and every worker's %s are up: starting the engine",
+  lwsi_log_info("%s and every worker's %s node are up: starting the engine",
                 launch_service(a)->leader_what, launch_service(a)->name);
   phases_enter(a, LWSI_PHASES_ENGINE);
   launch(a);
