@@ -11,6 +11,7 @@
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
 #include "lwsinit/metrics.h"
+#include "lwsinit/phases.h"
 #include "lwsinit/status.h"
 #include "lwsinit/termlog.h"
 #include "lwsinit/text.h"
@@ -54,6 +55,11 @@ static void engine_failed_tell(struct lwsi_agent *a, const char *why);
 static bool ordered_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static void on_group_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static void hang_watch(struct lwsi_agent *a);
+/* The launch in phases: defined in their own section below. */
+static bool phases_finish_hold(struct lwsi_agent *a, int code, const char *why);
+static bool phases_divert(struct lwsi_agent *a);
+static bool phases_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static const char *child_what(const struct lwsi_agent *a);
 
 /* The engine's state, in the one vocabulary that the status document and
  * the heartbeats share (lwsi_status_child_name). */
@@ -81,7 +87,7 @@ static void report_failure(struct lwsi_agent *a, const char *why)
 /* Ends the run with code; why, when given, is the failure to report. */
 static void finish(struct lwsi_agent *a, int code, const char *why)
 {
-  if (a->done)
+  if (a->done || phases_finish_hold(a, code, why))
     return;
   a->exit_code = code;
   a->done = true;
@@ -507,15 +513,65 @@ static int network_env(struct lwsi_agent *a, char **env, char ***out)
   return lwsi_netenv_env(env, &a->netenv, out);
 }
 
+/* The environment of what the agent starts for the engine (the engine
+ * itself, or a launch phase's service): the agent's, the group's
+ * variables, and the network variables. Free *env with
+ * lwsi_launcher_env_free and *full with free(). */
+static int child_env(struct lwsi_agent *a, char ***env, char ***full)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  *env = NULL;
+  *full = NULL;
+  int rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, env);
+  if (rc == 0)
+    rc = network_env(a, *env, full);
+  return rc;
+}
+
+/* Starts argv as the supervised child: the engine, or on a worker of a
+ * launch in phases its service. missing, when not NULL, is the line for a
+ * program that is not installed (exit 127). */
+static void spawn_child(struct lwsi_agent *a, char **argv, const char *missing)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  char **env = NULL, **full = NULL;
+  int rc = child_env(a, &env, &full);
+  if (rc < 0) {
+    char why[256];
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
+    lwsi_launcher_env_free(env);
+    finish(a, 1, why);
+    return;
+  }
+  rc = lwsi_supervisor_spawn(&a->sup, argv, full);
+  free(full);
+  if (rc == 0) {
+    lwsi_log_info("started %s '%s' as pid %d (rank %u of %u)", child_what(a), argv[0],
+                  (int)a->sup.child, cfg->rank, cfg->size);
+    start_upstream(a, argv);
+  } else {
+    char why[1024];
+    /* A pid means a process was created and its exec failed. */
+    int code = lwsi_agent_spawn_error(why, sizeof(why), argv[0], rc, a->sup.child > 0);
+    if (code == 127 && missing != NULL)
+      lwsi_text_printf(why, sizeof(why), "%s (exit 127)", missing);
+    leave_group(a, "the engine could not be started");
+    finish(a, code, why);
+  }
+  lwsi_launcher_env_free(env);
+}
+
 static void launch(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
   const struct lwsi_cmdline_values vals = {
     .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
   };
-  char **argv = NULL, **env = NULL;
+  char **argv = NULL;
   char bad[64] = "";
   set_phase(a, LWSI_PHASE_RUNNING);
+  if (phases_divert(a))
+    return;
   int rc = lwsi_cmdline_build(cfg, &vals, &argv, bad, sizeof(bad));
   if (rc < 0) {
     char why[256];
@@ -524,39 +580,8 @@ static void launch(struct lwsi_agent *a)
     finish(a, 1, why);
     return;
   }
-  rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, &env);
-  if (rc < 0) {
-    char why[256];
-    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
-    lwsi_expand_free(argv);
-    finish(a, 1, why);
-    return;
-  }
-  char **full = NULL;
-  rc = network_env(a, env, &full);
-  if (rc < 0) {
-    char why[256];
-    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
-    lwsi_expand_free(argv);
-    lwsi_launcher_env_free(env);
-    finish(a, 1, why);
-    return;
-  }
-  rc = lwsi_supervisor_spawn(&a->sup, argv, full);
-  free(full);
-  if (rc == 0) {
-    lwsi_log_info("started the engine '%s' as pid %d (rank %u of %u)", argv[0],
-                  (int)a->sup.child, cfg->rank, cfg->size);
-    start_upstream(a, argv);
-  } else {
-    char why[1024];
-    /* A pid means a process was created and its exec failed. */
-    int code = lwsi_agent_spawn_error(why, sizeof(why), argv[0], rc, a->sup.child > 0);
-    leave_group(a, "the engine could not be started");
-    finish(a, code, why);
-  }
+  spawn_child(a, argv, NULL);
   lwsi_expand_free(argv);
-  lwsi_launcher_env_free(env);
 }
 
 static void on_child_exited(struct lwsi_agent *a, int status)
@@ -564,11 +589,11 @@ static void on_child_exited(struct lwsi_agent *a, int status)
   int code = lwsi_supervisor_exit_code(status);
   char what[128], sig[LWSI_LOG_SIGNAL_NAME_MAX];
   if (WIFSIGNALED(status))
-    snprintf(what, sizeof(what), "the engine (pid %d) was killed by %s (%d)", (int)a->sup.child,
-             lwsi_log_signal_name(WTERMSIG(status), sig, sizeof(sig)), code);
+    snprintf(what, sizeof(what), "%s (pid %d) was killed by %s (%d)", child_what(a),
+             (int)a->sup.child, lwsi_log_signal_name(WTERMSIG(status), sig, sizeof(sig)), code);
   else
-    snprintf(what, sizeof(what), "the engine (pid %d) exited with status %d", (int)a->sup.child,
-             code);
+    snprintf(what, sizeof(what), "%s (pid %d) exited with status %d", child_what(a),
+             (int)a->sup.child, code);
   /* An engine that ends on its own and not with 0 (a crash, the OOM
    * killer's SIGKILL) is the pod's failure: its line goes to the
    * termination log, where `kubectl describe pod` shows it. An end we
@@ -650,10 +675,365 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
     on_child_exited(a, arg);
     return;
   case LWSI_SUP_REAPED:
+    if (a->phases_on && lwsi_phases_reaped(&a->phases, sup->reaped_pid, arg))
+      return;
     if (a->gpu_on && sup->reaped_pid == a->gpu.pid)
       lwsi_gpurun_reaped(&a->gpu, arg);
     return;
   }
+}
+
+/* ---- the launch in phases (presets vllm-ray, sglang-ray) ------------ */
+
+/* The group's messages of a launch in phases (docs/protocol.md, "app"):
+ *   launch_phase   a worker -> the leader, the leader -> every worker: a
+ *                  member's step changed; {"rank":N,"phase":"service"};
+ *   launch_failed  a member -> the leader -> every worker: a step did not
+ *                  finish within --phase-timeout, or the service could
+ *                  not start; {"rank":N,"phase":"...","reason":"..."}. */
+#define MSG_LAUNCH_PHASE "launch_phase"
+#define MSG_LAUNCH_FAILED "launch_failed"
+
+static const struct lwsi_engine_service *launch_service(const struct lwsi_agent *a)
+{
+  return lwsi_engine_get(a->cfg->preset)->service;
+}
+
+/* What the supervised child is, for lines: the engine, or the service a
+ * worker of a launch in phases runs instead. */
+static const char *child_what(const struct lwsi_agent *a)
+{
+  const struct lwsi_engine_service *svc = launch_service(a);
+  return svc != NULL && a->cfg->rank > 0 ? svc->worker_what : "the engine";
+}
+
+static uint16_t phases_dist_port(const struct lwsi_agent *a)
+{
+  uint16_t port = 0;
+  lwsi_config_dist_port(a->cfg, &port);
+  return port;
+}
+
+static void on_phases(struct lwsi_phases *p, enum lwsi_phases_ev ev);
+
+/* Sets the phases up once: at the launch, or at the first message of
+ * another member's step, whichever comes first. */
+static bool phases_setup(struct lwsi_agent *a)
+{
+  if (a->phases_on)
+    return true;
+  a->phases.data = a;
+  int rc = lwsi_phases_init(&a->phases, &a->loop, a->cfg->size, a->cfg->phase_timeout_ms,
+                            on_phases);
+  if (rc < 0) {
+    lwsi_phases_group_free(&a->phases.group);
+    finish(a, 1, "cannot set up the launch phases: out of memory");
+    return false;
+  }
+  a->phases_on = true;
+  return true;
+}
+
+/* Tells the group a step: a worker tells the leader, the leader every
+ * worker (so that workers start their service once the leader's is up). */
+static void phases_tell(struct lwsi_agent *a, const char *kind, const char *data)
+{
+  if (!group_released(a))
+    return;
+  int rc = a->cfg->rank == 0 ? lwsi_rdzv_app_broadcast(&a->rdzv, kind, data)
+                             : lwsi_rdzv_app_send(&a->rdzv, kind, data);
+  if (rc < 0)
+    lwsi_log_debug("cannot tell the group (%s): %s", kind, strerror(-rc));
+}
+
+static void phases_enter(struct lwsi_agent *a, enum lwsi_phases_step s)
+{
+  const char *name = lwsi_phases_step_name(s);
+  lwsi_phases_enter(&a->phases, a->cfg->rank, s);
+  lwsi_log_info("launch phase '%s' on rank %u", name, a->cfg->rank);
+  char data[96];
+  snprintf(data, sizeof(data), "{\"rank\":%u,\"phase\":\"%s\"}", a->cfg->rank, name);
+  phases_tell(a, MSG_LAUNCH_PHASE, data);
+}
+
+/* A launch phase failed: the whole group fails with why (exit 4: the
+ * group did not form), this member's engine or service stopped first. */
+static void phases_fail(struct lwsi_agent *a, const char *why)
+{
+  leave_group(a, "a launch phase failed");
+  stop_for_group(a, LWSI_EXIT_RDZV, why);
+}
+
+/* Fails the group with why, after telling it: the leader tells every
+ * worker, a worker tells the leader, which tells the others. */
+static void phases_fail_tell(struct lwsi_agent *a, const char *why)
+{
+  char data[1400], reason[1100];
+  lwsi_text_copy(reason, sizeof(reason), why);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "rank", a->cfg->rank);
+  cJSON_AddStringToObject(o, "phase", lwsi_phases_step_name(a->phases.step));
+  cJSON_AddStringToObject(o, "reason", reason);
+  if (cJSON_PrintPreallocated(o, data, sizeof(data), 0))
+    phases_tell(a, MSG_LAUNCH_FAILED, data);
+  cJSON_Delete(o);
+  phases_fail(a, why);
+}
+
+/* The leader starts its engine once its own service and every worker's
+ * are up (the condition over the group). */
+static void phases_maybe_engine(struct lwsi_agent *a)
+{
+  if (a->cfg->rank != 0 || a->done || a->phases_holding || a->stop_exit_code != 0 ||
+      a->phases.step != LWSI_PHASES_WAIT_GROUP || !lwsi_phases_group_ready(&a->phases.group))
+    return;
+  lwsi_log_info("%s and every worker's %s node are up: starting the engine",
+                launch_service(a)->leader_what, launch_service(a)->name);
+  phases_enter(a, LWSI_PHASES_ENGINE);
+  launch(a);
+}
+
+/* The leader's service, beside its engine: the agent's second child, in a
+ * process group of its own. */
+static void phases_leader_service(struct lwsi_agent *a)
+{
+  const struct lwsi_engine *e = lwsi_engine_get(a->cfg->preset);
+  uint16_t port = phases_dist_port(a);
+  char **argv = NULL, **env = NULL, **full = NULL;
+  char why[1200];
+  phases_enter(a, LWSI_PHASES_SERVICE);
+  int rc = lwsi_phases_service_argv(e, true, a->leader_ip, port, &argv);
+  if (rc == 0)
+    rc = child_env(a, &env, &full);
+  if (rc == 0) {
+    rc = lwsi_phases_spawn(&a->phases, argv, full, &a->sup.child_mask);
+    if (rc == 0) {
+      lwsi_log_info("started %s '%s %s %s' as pid %d; waiting for port %u", e->service->leader_what,
+                    argv[0], argv[1], argv[2], (int)a->phases.service, port);
+      lwsi_phases_probe(&a->phases, port);
+    } else {
+      int code = lwsi_agent_spawn_error(why, sizeof(why), argv[0], rc, a->phases.service > 0);
+      if (code == 127)
+        lwsi_text_printf(why, sizeof(why), "%s (exit 127)", e->service->missing);
+      phases_tell(a, MSG_LAUNCH_FAILED, "{\"rank\":0,\"phase\":\"service\",\"reason\":\"the "
+                                        "leader could not start its service\"}");
+      leave_group(a, "the leader's service could not be started");
+      finish(a, code, why);
+    }
+  } else {
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
+    finish(a, 1, why);
+  }
+  lwsi_expand_free(argv);
+  lwsi_launcher_env_free(env);
+  free(full);
+}
+
+/* A worker's service, instead of COMMAND, once the leader's is up. */
+static void phases_worker_service(struct lwsi_agent *a)
+{
+  const struct lwsi_engine *e = lwsi_engine_get(a->cfg->preset);
+  char **argv = NULL;
+  phases_enter(a, LWSI_PHASES_SERVICE);
+  int rc = lwsi_phases_service_argv(e, false, a->leader_ip, phases_dist_port(a), &argv);
+  if (rc < 0) {
+    char why[256];
+    lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
+    finish(a, 1, why);
+    return;
+  }
+  spawn_child(a, argv, e->service->missing);
+  lwsi_expand_free(argv);
+  if (a->sup.child_running)
+    lwsi_phases_probe(&a->phases, lwsi_phases_up_port(e, false, 0));
+}
+
+/* launch(): with a preset that has a service, the launch runs in phases;
+ * returns true while the engine must wait (or this member runs no engine:
+ * a worker), false when launch() goes on and starts the engine. */
+static bool phases_divert(struct lwsi_agent *a)
+{
+  if (launch_service(a) == NULL)
+    return false;
+  if (a->cfg->rank == 0 && a->phases_on && a->phases.step == LWSI_PHASES_ENGINE)
+    return false;
+  if (!phases_setup(a))
+    return true;
+  if (a->cfg->rank == 0) {
+    phases_leader_service(a);
+    return true;
+  }
+  phases_enter(a, LWSI_PHASES_WAIT_LEADER);
+  /* The leader's word may have come before this member's own checks
+   * ended. */
+  if (lwsi_phases_group_get(&a->phases.group, 0) >= LWSI_PHASES_WAIT_GROUP)
+    phases_worker_service(a);
+  return true;
+}
+
+/* The line for a step that did not finish in time: the member, the step,
+ * and what it waited for. */
+static const char *phase_pod(void *data, uint32_t rank)
+{
+  struct lwsi_agent *a = data;
+  struct lwsi_rdzv_member *m = &a->member_rows[0];
+  if (a->member_rows == NULL || lwsi_rdzv_member(&a->rdzv, rank, m) < 0)
+    return "";
+  return m->pod;
+}
+
+static void phases_deadline(struct lwsi_agent *a)
+{
+  const struct lwsi_engine_service *svc = launch_service(a);
+  enum lwsi_phases_step s = a->phases.step;
+  double sec = (double)a->cfg->phase_timeout_ms / 1000.0;
+  char why[1400], behind[700];
+  if (s == LWSI_PHASES_WAIT_GROUP) {
+    lwsi_phases_group_behind(&a->phases.group, a->member_rows != NULL ? phase_pod : NULL, a,
+                             behind, sizeof(behind));
+    lwsi_text_printf(why, sizeof(why),
+                     "the launch phase 'wait-group' did not finish within %.3g s "
+                     "(--phase-timeout): waiting for every worker's %s node: %s is not up; "
+                     "check that member's log for 'ray start'",
+                     sec, svc->name, behind[0] ? behind : "a member");
+  } else if (s == LWSI_PHASES_WAIT_LEADER) {
+    lwsi_text_printf(why, sizeof(why),
+                     "rank %u: the launch phase 'wait-leader' did not finish within %.3g s "
+                     "(--phase-timeout): %s on rank 0 was not up",
+                     a->cfg->rank, sec, svc->leader_what);
+  } else {
+    uint16_t port = lwsi_phases_up_port(lwsi_engine_get(a->cfg->preset), a->cfg->rank == 0,
+                                        phases_dist_port(a));
+    lwsi_text_printf(why, sizeof(why),
+                     "rank %u: the launch phase 'service' did not finish within %.3g s "
+                     "(--phase-timeout): %s did not open port %u; check its output above",
+                     a->cfg->rank, sec, a->cfg->rank == 0 ? svc->leader_what : svc->worker_what,
+                     port);
+  }
+  phases_fail_tell(a, why);
+}
+
+/* The leader's service exited. While stopping that is the end of the
+ * stop; otherwise it fails this member as an engine failure would. */
+static void phases_service_exited(struct lwsi_agent *a)
+{
+  const struct lwsi_engine_service *svc = launch_service(a);
+  int status = a->phases.service_status;
+  int code = lwsi_supervisor_exit_code(status);
+  if (a->phases_holding) {
+    lwsi_log_info("%s (pid %d) exited with status %d", svc->leader_what, (int)a->phases.service,
+                  code);
+    a->phases_holding = false;
+    finish(a, a->phases_exit, NULL);
+    return;
+  }
+  if (a->done)
+    return;
+  char why[400];
+  lwsi_text_printf(why, sizeof(why), "%s (pid %d) %s %d; the group cannot run without it",
+                   svc->leader_what, (int)a->phases.service,
+                   WIFSIGNALED(status) ? "was killed by signal" : "exited with status",
+                   WIFSIGNALED(status) ? WTERMSIG(status) : code);
+  if (a->phases.step < LWSI_PHASES_ENGINE) {
+    phases_fail_tell(a, why);
+    return;
+  }
+  engine_failed_tell(a, why);
+  leave_group(a, "the leader's service exited");
+  stop_for_group(a, code != 0 ? code : 1, why);
+}
+
+static void on_phases(struct lwsi_phases *p, enum lwsi_phases_ev ev)
+{
+  struct lwsi_agent *a = p->data;
+  const struct lwsi_engine_service *svc = launch_service(a);
+  switch (ev) {
+  case LWSI_PHASES_EV_UP:
+    if (a->done || a->phases_holding || a->stop_exit_code != 0)
+      return;
+    if (a->cfg->rank == 0) {
+      lwsi_log_info("%s is up (port %u accepts)", svc->leader_what, p->probe_port);
+      phases_enter(a, LWSI_PHASES_WAIT_GROUP);
+      phases_maybe_engine(a);
+    } else {
+      lwsi_log_info("%s is up (port %u accepts)", svc->worker_what, p->probe_port);
+      phases_enter(a, LWSI_PHASES_SERVICE_UP);
+    }
+    return;
+  case LWSI_PHASES_EV_DEADLINE:
+    if (!a->done && !a->phases_holding && a->stop_exit_code == 0)
+      phases_deadline(a);
+    return;
+  case LWSI_PHASES_EV_EXITED:
+    phases_service_exited(a);
+    return;
+  }
+}
+
+/* finish(): the leader's service outlives nothing. While it runs, the
+ * exit waits for it: SIGTERM to its process group now (the engine, when
+ * there was one, has exited already: the engine stops first), SIGKILL
+ * after --grace. Returns true when the exit waits. */
+static bool phases_finish_hold(struct lwsi_agent *a, int code, const char *why)
+{
+  if (!a->phases_on || !a->phases.service_running)
+    return false;
+  if (a->phases_holding)
+    return true; /* the first decision stands */
+  a->phases_holding = true;
+  a->phases_exit = code;
+  if (why != NULL) {
+    if (a->phase != LWSI_PHASE_STOPPING)
+      set_phase(a, LWSI_PHASE_FAILED);
+    report_failure(a, why);
+  } else if (a->phase < LWSI_PHASE_STOPPING) {
+    set_phase(a, LWSI_PHASE_STOPPING);
+  }
+  lwsi_log_info("stopping %s (pid %d; grace %llu ms)", launch_service(a)->leader_what,
+                (int)a->phases.service, (unsigned long long)a->cfg->grace_ms);
+  lwsi_phases_stop(&a->phases, a->cfg->grace_ms);
+  return true;
+}
+
+/* The launch phases' messages; true when ev was one. */
+static bool phases_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  bool step = strcmp(ev->kind, MSG_LAUNCH_PHASE) == 0;
+  bool failed = strcmp(ev->kind, MSG_LAUNCH_FAILED) == 0;
+  if (!step && !failed)
+    return false;
+  if (launch_service(a) == NULL || a->done || !phases_setup(a))
+    return true;
+  cJSON *o = cJSON_Parse(ev->data);
+  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
+  const cJSON *phase = cJSON_GetObjectItemCaseSensitive(o, "phase");
+  const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+  /* A worker speaks for itself only; the leader for anyone. */
+  uint32_t r = (uint32_t)ev->rank;
+  if (ev->rank == 0 && cJSON_IsNumber(rank) && rank->valuedouble >= 0)
+    r = (uint32_t)rank->valuedouble;
+  if (step && cJSON_IsString(phase)) {
+    int s = lwsi_phases_step_parse(phase->valuestring);
+    if (s > 0 && lwsi_phases_group_set(&a->phases.group, r, (enum lwsi_phases_step)s) == 0) {
+      lwsi_log_debug("rank %u is in launch phase '%s'", r, phase->valuestring);
+      if (a->cfg->rank == 0)
+        phases_maybe_engine(a);
+      else if (r == 0 && s >= LWSI_PHASES_WAIT_GROUP &&
+               a->phases.step == LWSI_PHASES_WAIT_LEADER && !a->phases_holding &&
+               a->stop_exit_code == 0)
+        phases_worker_service(a);
+    }
+  } else if (failed && a->stop_exit_code == 0 && !a->phases_holding) {
+    char why[1200];
+    lwsi_text_printf(why, sizeof(why), "%s",
+                     cJSON_IsString(reason) ? reason->valuestring
+                                            : "a launch phase failed on another member");
+    if (a->cfg->rank == 0 && group_released(a))
+      lwsi_rdzv_app_broadcast(&a->rdzv, MSG_LAUNCH_FAILED, ev->data);
+    phases_fail(a, why);
+  }
+  cJSON_Delete(o);
+  return true;
 }
 
 /* ---- the group ----------------------------------------------------- */
@@ -1202,7 +1582,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     on_member_lost(a, ev);
     return;
   case LWSI_RDZV_EV_APP:
-    if (!node_message(a, ev)) {
+    if (!node_message(a, ev) && !phases_message(a, ev)) {
       on_check_message(a, ev);
       on_group_message(a, ev);
     }
@@ -1635,6 +2015,9 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
       lwsi_text_copy(row->child, sizeof(row->child), m.child);
       row->upstream = m.upstream;
       status_member_health(a, &m, row);
+      if (a->phases_on)
+        lwsi_text_copy(row->launch_phase, sizeof(row->launch_phase),
+                       lwsi_phases_step_name(lwsi_phases_group_get(&a->phases.group, m.rank)));
     }
     s->members = members;
   }
@@ -1651,6 +2034,7 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
   s->gpu.error = a->gpu.error;
   status_node(a, s);
   s->last_error = a->last_error;
+  s->launch_phase = a->phases_on ? lwsi_phases_step_name(a->phases.step) : NULL;
   status_launch_check(a, s);
 }
 
@@ -1792,6 +2176,8 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   lwsi_upstream_close(&a->upstream);
   if (a->gpu_on)
     lwsi_gpurun_close(&a->gpu);
+  if (a->phases_on)
+    lwsi_phases_close(&a->phases);
   if (a->gpu_timer_on)
     uv_close((uv_handle_t *)&a->gpu_deadline, NULL);
   free(a->gpu_seen);

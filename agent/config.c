@@ -68,6 +68,7 @@ enum {
   O_GRACE, O_DRAIN_DELAY, O_GPU_CHECK, O_GPUS, O_GPU_CHECK_TIMEOUT, O_GPU_CHECK_BYTES,
   O_GPU_MIN_BUSBW, O_NODE_CHECK, O_NETWORK_ENV, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG,
   O_LOG_FORMAT, O_LOG_LEVEL, O_LAUNCH_CHECK, O_HANG_TIMEOUT, O_ON_FAILURE, O_FAIL_DELAY,
+  O_PHASE_TIMEOUT,
   O_COUNT
 };
 
@@ -154,6 +155,9 @@ static const struct opt opts[O_COUNT] = {
                     on_failure_choices, "exit", NULL, "what an engine failure does to the group"},
   [O_FAIL_DELAY] = {"fail-delay", "SEC", T_SEC, F(fail_delay_ms), 0, DAY_MS, NULL, "0", NULL,
                     "before exiting 3, 4, 5 or 7, stay up unready this long"},
+  [O_PHASE_TIMEOUT] = {"phase-timeout", "SEC", T_SEC, F(phase_timeout_ms), 1, DAY_MS, NULL,
+                       "300", NULL,
+                       "vllm-ray, sglang-ray: how long each launch phase may take (exit 4)"},
 };
 
 /* Where an option's winning text came from. */

@@ -75,6 +75,51 @@ static const struct lwsi_engine_refusal vllm_dp_refused[] = {
    "vLLM takes one load-balancing mode, and the preset's is --data-parallel-hybrid-lb"},
   {NULL, NULL, false, NULL}};
 
+/* The Ray presets (contract, "Launching"): Ray's own CLI starts the
+ * cluster, as LWS's vLLM example (multi-node-serving.sh), KServe's
+ * multinode runtime and AIBrix do with shell loops around `ray status`.
+ * ray-project/ray python/ray/scripts/scripts.py, start(): --head starts
+ * the GCS on --port (default 6379); a worker joins with --address
+ * HOST:PORT; --node-manager-port fixes the raylet's port (default: a
+ * random one); --block keeps `ray start` in the foreground, watching the
+ * processes it started: when one exits unexpectedly it kills the rest and
+ * exits 1, so the agent supervises one process per node. The raylet's
+ * gRPC server listens on every address (src/ray/rpc/grpc_server.cc,
+ * GrpcServer::Run: 0.0.0.0 unless the server is local-only), and it runs
+ * only once the raylet has fetched the cluster's configuration from the
+ * GCS it was given, so a connection accepted on 127.0.0.1 at the fixed
+ * node-manager port says that this node is up and joined, without Python
+ * and without `ray status`. 6380 is next to the GCS's 6379 and is no
+ * other Ray default. */
+static const char *const ray_head_argv[] = {"ray", "start", "--head", "--port", "{dist_port}",
+                                            "--block", NULL};
+static const char *const ray_worker_argv[] = {
+  "ray", "start", "--address", "{leader_ip}:{dist_port}", "--node-manager-port", "{node_port}",
+  "--block", NULL};
+static const struct lwsi_engine_service ray_service = {
+  "Ray", "the Ray head", "the Ray node", ray_head_argv, ray_worker_argv, 6380,
+  "Ray is not installed in this image ('ray' was not found on PATH); install Ray, or, with vLLM "
+  ">= 0.12, use --preset vllm, which runs multi-node without Ray",
+};
+/* vLLM runs the whole model from the leader over the Ray cluster with
+ * --distributed-executor-backend ray (vllm/engine/arg_utils.py); SGLang
+ * with --use-ray (python/sglang/srt/server_args.py, ServerArgs.use_ray:
+ * "Use Ray actors for scheduler process management"). */
+static const char *const vllm_ray_flags[] = {"--distributed-executor-backend", "ray", NULL};
+static const char *const sglang_ray_flags[] = {"--use-ray", NULL};
+static const struct lwsi_engine_refusal vllm_ray_refused[] = {
+  {"--distributed-executor-backend", NULL, false, appended},
+  /* The multiprocessing executor's multi-node flags: with Ray, only the
+   * leader runs vLLM, and Ray places its workers. */
+  {"--nnodes|-n", NULL, false, "only the leader runs vLLM with Ray, which places the workers"},
+  {"--node-rank|-r", NULL, false, "only the leader runs vLLM with Ray, which places the workers"},
+  {"--headless", NULL, false, "only the leader runs vLLM with Ray, and it serves the API"},
+  {NULL, NULL, false, NULL}};
+static const struct lwsi_engine_refusal sglang_ray_refused[] = {
+  {"--use-ray", NULL, false, appended},
+  {"--node-rank", NULL, false, "only the leader runs SGLang with Ray, which places the workers"},
+  {NULL, NULL, false, NULL}};
+
 /* The default ports: SGLang's LWS example uses 20000 for --dist-init-addr;
  * vLLM's --master-port defaults to 29501 and its --data-parallel-rpc-port
  * to 29550 (vllm/config/parallel.py, ParallelConfig.master_port and
@@ -99,6 +144,12 @@ static const struct lwsi_engine engines[LWSI_PRESET_COUNT] = {
   [LWSI_PRESET_VLLM_DP] = {LWSI_PRESET_VLLM_DP, "vllm-dp", 29550, vllm_dp_flags, no_flags,
                            "--data-parallel-size-local|-dpl", "/health", 8000, "--port", true,
                            true, vllm_dp_refused},
+  [LWSI_PRESET_VLLM_RAY] = {LWSI_PRESET_VLLM_RAY, "vllm-ray", 6379, vllm_ray_flags, no_flags, NULL,
+                            "/health", 8000, "--port", false, true, vllm_ray_refused,
+                            &ray_service},
+  [LWSI_PRESET_SGLANG_RAY] = {LWSI_PRESET_SGLANG_RAY, "sglang-ray", 6379, sglang_ray_flags,
+                              no_flags, NULL, "/health", 30000, "--port", false, false,
+                              sglang_ray_refused, &ray_service},
 };
 
 const struct lwsi_engine *lwsi_engine_get(enum lwsi_preset id)

@@ -109,6 +109,8 @@ static void add_member_health(const struct lwsi_status_member *m, cJSON *o)
   add_text_or_null(o, "upstream_error", m->upstream_error,
                    m->upstream_on && !m->upstream && m->upstream_error[0] != '\0');
   cJSON_AddBoolToObject(o, "stopping", m->stopping);
+  if (m->launch_phase[0] != '\0')
+    cJSON_AddStringToObject(o, "launch_phase", m->launch_phase);
 }
 
 /* The leader's view of every member, itself included. */
@@ -331,6 +333,8 @@ cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
   add_launch_check(s, doc);
   if (s->rank == 0 && s->has_group)
     add_members(s, doc);
+  if (s->launch_phase != NULL)
+    cJSON_AddStringToObject(doc, "launch_phase", s->launch_phase);
   add_text_or_null(doc, "last_error", s->last_error, s->last_error[0] != '\0');
   return doc;
 }
@@ -420,6 +424,9 @@ int lwsi_status_print(FILE *out, const char *json)
   fprintf(out, "rank %.0f of %.0f (%s), phase %s, %s\n", num_of(doc, "rank", -1),
           num_of(doc, "size", 0), str_of(doc, "role", "?"), str_of(doc, "phase", "?"),
           cJSON_IsTrue(ready) ? "ready" : "not ready");
+  const char *lphase = str_of(doc, "launch_phase", NULL);
+  if (lphase != NULL)
+    fprintf(out, "launch   phase %s\n", lphase);
   const cJSON *leader = cJSON_GetObjectItemCaseSensitive(doc, "leader");
   fprintf(out, "leader   %s (%s)\n", str_of(leader, "address", "?"),
           str_of(leader, "ip", "") [0] ? str_of(leader, "ip", "") : "unresolved");
@@ -478,6 +485,9 @@ int lwsi_status_print(FILE *out, const char *json)
       fprintf(out, "         %-5.0f %-22s %-8s %-10s %-10s %-9s %s%s\n", num_of(m, "rank", -1),
               str_of(m, "address", "-"), cJSON_IsTrue(alive) ? "yes" : "no", age,
               str_of(m, "child", "-"), upstream, str_of(m, "pod", "-"), stop);
+      const char *mphase = str_of(m, "launch_phase", NULL);
+      if (mphase != NULL)
+        fprintf(out, "               launch phase %s\n", mphase);
       const char *uerr = str_of(m, "upstream_error", NULL);
       if (uerr != NULL)
         fprintf(out, "               upstream failing for %.0fs: %s\n",

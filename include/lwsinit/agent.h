@@ -13,6 +13,7 @@
 #include "lwsinit/http.h"
 #include "lwsinit/netenv.h"
 #include "lwsinit/nodecheck.h"
+#include "lwsinit/phases.h"
 #include "lwsinit/rdzv.h"
 #include "lwsinit/status.h"
 #include "lwsinit/resolver.h"
@@ -110,6 +111,13 @@ struct lwsi_agent {
   bool ordered_stop;      /* this agent's stop is the group's orderly stop */
   bool stop_by_signal;    /* a stop signal of our own arrived (vs. the leader's word) */
   bool leader_engine_exited; /* worker: the leader said its engine has exited */
+
+  /* The launch in phases (presets with a service: agent.c, "the launch in
+   * phases"). phases_holding: the exit (phases_exit) waits for the
+   * leader's service to stop. */
+  struct lwsi_phases phases;
+  bool phases_on, phases_holding;
+  int phases_exit;
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p);

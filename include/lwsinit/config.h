@@ -82,6 +82,7 @@ struct lwsi_config {
   uint64_t hang_timeout_ms; /* --hang-timeout; 0: never */
   enum lwsi_on_failure on_failure;
   uint64_t fail_delay_ms; /* --fail-delay */
+  uint64_t phase_timeout_ms; /* --phase-timeout: each launch phase's deadline */
 
   /* Subcommands: status and probe. */
   bool status_json;

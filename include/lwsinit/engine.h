@@ -20,6 +20,8 @@ enum lwsi_preset {
   LWSI_PRESET_SGLANG,
   LWSI_PRESET_VLLM,
   LWSI_PRESET_VLLM_DP,
+  LWSI_PRESET_VLLM_RAY,
+  LWSI_PRESET_SGLANG_RAY,
   LWSI_PRESET_COUNT
 };
 
@@ -30,6 +32,25 @@ struct lwsi_engine_refusal {
   const char *value; /* refused with this value only; NULL: with any */
   bool with_workers; /* only in a group with workers (size > 1) */
   const char *why;   /* one clause, for the error line */
+};
+
+/* A launch in phases (include/lwsinit/phases.h): a service that every
+ * member runs before the engine, a condition over the whole group, then
+ * the engine on the leader alone. The leader runs leader_argv beside its
+ * engine; a worker runs worker_argv instead of COMMAND, and that is all it
+ * runs. Both argvs are NULL-terminated; their placeholders are expanded
+ * from {leader_ip}, {dist_port} and {node_port}. A member's service is up
+ * when a TCP connection to 127.0.0.1 at its port is accepted: {dist_port}
+ * on the leader, node_port on a worker. */
+struct lwsi_engine_service {
+  const char *name;                /* for lines: "the Ray head", "Ray node" */
+  const char *leader_what;         /* "the Ray head" */
+  const char *worker_what;         /* "the Ray node" */
+  const char *const *leader_argv;
+  const char *const *worker_argv;
+  uint16_t node_port;              /* {node_port}: the port a worker's service opens once up */
+  /* The remedy when the service's program is not installed (exit 127). */
+  const char *missing;
 };
 
 /* One engine. Every list is NULL-terminated and never NULL itself (an
@@ -57,6 +78,10 @@ struct lwsi_engine {
   /* The flags in COMMAND that contradict the preset, ended by a row
    * whose flag is NULL. */
   const struct lwsi_engine_refusal *refused;
+  /* NULL: COMMAND runs at once on every rank. Else the launch runs in
+   * phases, and flags are appended on the leader only (workers run the
+   * service instead of COMMAND). */
+  const struct lwsi_engine_service *service;
 };
 
 /* The row of a preset, or NULL for a value outside the enum. */

@@ -58,6 +58,9 @@ struct lwsi_status_member {
   int64_t upstream_age_ms; /* since its upstream state last changed */
   char upstream_error[128];
   bool stopping;
+  /* Its step of a launch in phases (include/lwsinit/phases.h), "" when
+   * none or unknown here. */
+  char launch_phase[16];
 };
 
 /* The launch check (contract, "Launch check"): one member whose launch
@@ -189,6 +192,9 @@ struct lwsi_status_snapshot {
   } netenv;
 
   const char *last_error; /* "" when none */
+
+  /* This member's step of a launch in phases; NULL without one. */
+  const char *launch_phase;
 
   /* The launch check, on the leader of a group (has_launch_check): the
    * mode, whether the commands were compared (at the release), and the

@@ -263,9 +263,52 @@ static void test_urls(void)
          "a short buffer: -ENOSPC");
 }
 
+/* The Ray presets: a service on every member, the executor's flag for
+ * the leader's COMMAND, GCS on 6379, and the flags that contradict them. */
+static void test_ray_rows(void)
+{
+  const struct lwsi_engine *v = lwsi_engine_find("vllm-ray");
+  const struct lwsi_engine *s = lwsi_engine_find("sglang-ray");
+  TAP_OK(v != NULL && v->id == LWSI_PRESET_VLLM_RAY && v->service != NULL,
+         "vllm-ray is a row with a service");
+  TAP_OK(s != NULL && s->id == LWSI_PRESET_SGLANG_RAY && s->service != NULL,
+         "sglang-ray is a row with a service");
+  if (v == NULL || s == NULL)
+    return;
+  TAP_OK(v->dist_port == 6379 && s->dist_port == 6379, "{dist_port} is Ray's GCS port, 6379");
+  TAP_OK(v->flags[0] != NULL && strcmp(v->flags[0], "--distributed-executor-backend") == 0 &&
+             strcmp(v->flags[1], "ray") == 0 && v->flags[2] == NULL,
+         "vllm-ray appends --distributed-executor-backend ray");
+  TAP_OK(s->flags[0] != NULL && strcmp(s->flags[0], "--use-ray") == 0 && s->flags[1] == NULL,
+         "sglang-ray appends --use-ray");
+  TAP_OK(list_has(v->service->leader_argv, "--head") && list_has(v->service->leader_argv, "--block"),
+         "the leader runs ray start --head --block");
+  TAP_OK(list_has(v->service->worker_argv, "--address") &&
+             list_has(v->service->worker_argv, "--node-manager-port") &&
+             list_has(v->service->worker_argv, "--block"),
+         "workers run ray start --address ... --node-manager-port ... --block");
+  TAP_OK(v->service->node_port > 0 && v->service->missing != NULL &&
+             strstr(v->service->missing, "--preset vllm") != NULL,
+         "a fixed node port, and a line for a missing ray that names --preset vllm");
+  TAP_OK(!v->health_on_workers && !s->health_on_workers, "workers serve no health URL");
+  char *const dup[] = {"vllm", "serve", "m", "--distributed-executor-backend", "mp", NULL};
+  const struct lwsi_engine_refusal *r = NULL;
+  TAP_OK(lwsi_engine_refused(v, 2, dup, &r) == 3, "vllm-ray refuses a second executor flag");
+  char *const rank[] = {"python3", "-m", "sglang.launch_server", "--node-rank", "1", NULL};
+  TAP_OK(lwsi_engine_refused(s, 2, rank, &r) == 3, "sglang-ray refuses --node-rank");
+  char *const plain[] = {"vllm", "serve", "m", "--tensor-parallel-size", "8", NULL};
+  TAP_OK(lwsi_engine_refused(v, 2, plain, &r) == -ENOENT, "a plain vLLM command is fine");
+  for (int i = 0; i < LWSI_PRESET_COUNT; i++) {
+    const struct lwsi_engine *e = lwsi_engine_get((enum lwsi_preset)i);
+    bool ray = e->id == LWSI_PRESET_VLLM_RAY || e->id == LWSI_PRESET_SGLANG_RAY;
+    TAP_OK((e->service != NULL) == ray, "%s: a service only for the Ray presets", e->name);
+  }
+}
+
 int main(void)
 {
   test_rows();
+  test_ray_rows();
   test_argv_find();
   test_dp_local();
   test_refused();
