@@ -99,6 +99,13 @@ static const struct lwsi_engine engines[LWSI_PRESET_COUNT] = {
   [LWSI_PRESET_VLLM_DP] = {LWSI_PRESET_VLLM_DP, "vllm-dp", 29550, vllm_dp_flags, no_flags,
                            "--data-parallel-size-local|-dpl", "/health", 8000, "--port", true,
                            true, vllm_dp_refused},
+  /* An MPI launcher on the leader (mpirun, trtllm-llmapi-launch): nothing
+   * is appended, COMMAND names the hostfile with {hostfile}, and the
+   * workers run what the launcher asks through `lwsinit rsh` (agent/rsh.c).
+   * No health URL: what the job serves, if anything, is the user's
+   * --upstream. */
+  [LWSI_PRESET_MPI] = {LWSI_PRESET_MPI, "mpi", 0, no_flags, no_flags, NULL, NULL, 0, NULL, false,
+                       false, no_refusals},
 };
 
 const struct lwsi_engine *lwsi_engine_get(enum lwsi_preset id)

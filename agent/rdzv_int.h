@@ -225,6 +225,9 @@ const char *lwsi__rdzv_decode_error(int rc);
 
 /* lwsi_rdzv_app_broadcast, checked: keeps and sends the frame. */
 int lwsi__rdzv_leader_app(struct lwsi_rdzv *r, const char *kind, const char *data);
+/* lwsi_rdzv_app_send_to, checked: to that member alone, not kept. */
+int lwsi__rdzv_leader_app_to(struct lwsi_rdzv *r, uint32_t rank, const char *kind,
+                             const char *data);
 /* lwsi_rdzv_app_send, checked. */
 int lwsi__rdzv_worker_app(struct lwsi_rdzv *r, const char *kind, const char *data);
 /* lwsi_rdzv_set_leader, checked: ss is ip's address on the leader's port. */
