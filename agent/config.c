@@ -481,6 +481,7 @@ void lwsi_config_usage(int fd)
           "Usage: lwsinit [OPTIONS] [--] COMMAND [ARG...]\n"
           "       lwsinit status [--socket PATH] [--json]\n"
           "       lwsinit probe live|ready [--addr HOST:PORT]\n"
+          "       lwsinit rsh [-l USER] HOST COMMAND [ARG...]   (--preset mpi: run on a member)\n"
           "       lwsinit --help | --version\n\n"
           "Init and group agent for LeaderWorkerSet pods. Every option also reads\n"
           "LWSINIT_<OPTION> from the environment; a flag wins over its variable.\n\n"
