@@ -180,6 +180,10 @@ int lwsi__rdzv_send_text(struct lwsi_rdzv_conn *c, enum lwsi_msg_type type, cons
 /* Encodes an application message (kind and data already checked). */
 int lwsi__rdzv_app_encode(const char *kind, const char *data, uint8_t **frame, size_t *len);
 
+/* Sends one app message on c: 0, -EINVAL, -ENOMEM, or -ENOTCONN (the
+ * connection broke; its loss is reported). */
+int lwsi__rdzv_send_app(struct lwsi_rdzv_conn *c, const char *kind, const char *data);
+
 /* ---- rdzv_conn.c: heartbeats ---- */
 
 /* Whether a heartbeat is due at now; if so, the next one is scheduled. */
