@@ -75,13 +75,24 @@ def group(t, hosts, command, leader_env=None, worker_command=()):
     namespace in its own network namespace."""
     common = ["--leader", hosts.ips[0], "--size", "3", "--preset", "mpi",
               "--node-check", "off", "--rdzv-timeout", "60"]
-    env0 = t.base_env()
-    env0.update(MPI_ENV)
-    env0.update(leader_env or {})
+    def env(r):
+        # Each host its own temporary folder: the hosts share one
+        # filesystem and hostname here, and Open MPI names its session
+        # folders by hostname and (namespace-local, equal) pids.
+        e = t.base_env()
+        e.update(MPI_ENV)
+        tmp = t.path("tmp%d" % r)
+        os.makedirs(tmp, exist_ok=True)
+        e["TMPDIR"] = tmp
+        e["OMPI_MCA_btl"] = "self,tcp"
+        if r == 0:
+            e.update(leader_env or {})
+        return e
+
     leader = t.agent(command, opts=common + ["--rank", "0"], testchild=False, pid1=True,
-                     wrapper=hosts.wrap(0), env=env0)
+                     wrapper=hosts.wrap(0), env=env(0))
     workers = [t.agent(list(worker_command), opts=common + ["--rank", str(r)], testchild=False,
-                       pid1=True, wrapper=hosts.wrap(r)) for r in (1, 2)]
+                       pid1=True, wrapper=hosts.wrap(r), env=env(r)) for r in (1, 2)]
     return leader, workers
 
 
@@ -219,8 +230,11 @@ def t_rsh_signal(t):
         t.procs.append(p)
         pid_in_ns = p.stdout.readline().strip()
         t.ok(pid_in_ns.isdigit(), "the remote command started")
+        # The shell prints its pid, then execs sleep: wait for the exec.
+        lt.wait_for(lambda: [q for q in lt.all_pids() if cmdline(q) == ["sleep", "599"]], 10,
+                    "the remote sleep runs")
         before = [q for q in lt.all_pids() if cmdline(q) == ["sleep", "599"]]
-        t.eq(len(before), 1, "the remote sleep runs")
+        t.eq(len(before), 1, "one remote sleep runs")
         p.kill()
         p.wait()
         lt.wait_for(lambda: not [q for q in before if lt.alive(q)], 10,
