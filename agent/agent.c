@@ -63,9 +63,11 @@ static const char *child_what(const struct lwsi_agent *a);
 
 /* The engine's state, in the one vocabulary that the status document and
  * the heartbeats share (lwsi_status_child_name). */
+static bool mpi_worker_serving(const struct lwsi_agent *a);
+
 static enum lwsi_status_child child_state(const struct lwsi_agent *a)
 {
-  if (a->sup.child_running)
+  if (a->sup.child_running || mpi_worker_serving(a))
     return LWSI_STATUS_CHILD_RUNNING;
   if (a->sup.child > 0)
     return LWSI_STATUS_CHILD_EXITED;
@@ -513,6 +515,109 @@ static int network_env(struct lwsi_agent *a, char **env, char ***out)
   return lwsi_netenv_env(env, &a->netenv, out);
 }
 
+/* ---- preset mpi (rsh.h) --------------------------------------------- */
+
+static bool mpi_worker_serving(const struct lwsi_agent *a)
+{
+  return a->rsh_on && a->rsh.enabled && !a->rsh.leader && a->rsh.serving;
+}
+
+static void on_rsh(struct lwsi_rsh *s, const struct lwsi_rsh_event *ev)
+{
+  struct lwsi_agent *a = s->data;
+  switch (ev->type) {
+  case LWSI_RSH_EV_REFUSED:
+    lwsi_log_warn("lwsinit rsh %s", ev->text);
+    return;
+  case LWSI_RSH_EV_STARTED:
+    lwsi_log_info("rsh request %u: started pid %d: %s", ev->id, (int)ev->pid, ev->text);
+    return;
+  case LWSI_RSH_EV_ENDED:
+    lwsi_log_info("rsh request %u: pid %d ended with status %d", ev->id, (int)ev->pid, ev->code);
+    return;
+  case LWSI_RSH_EV_ERROR:
+    lwsi_log_warn("rsh request %u: %s", ev->id, ev->text);
+    return;
+  case LWSI_RSH_EV_GROUP_EXIT:
+    /* The job is over: every agent exits with the leader's COMMAND's
+     * status (contract, "Launching", preset mpi). */
+    lwsi_log_info("the leader's MPI job ended with status %d; exiting with it", ev->code);
+    leave_group(a, "the MPI job ended");
+    set_phase(a, LWSI_PHASE_STOPPING);
+    finish(a, ev->code, NULL);
+    return;
+  }
+}
+
+/* Every agent answers rsh clients on its status socket (a refusal, but
+ * for the leader of preset mpi, says why). */
+static void start_rsh(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  a->rsh.data = a;
+  int rc = lwsi_rsh_init(&a->rsh, &a->loop, cfg->preset == LWSI_PRESET_MPI, cfg->rank == 0,
+                         cfg->standalone ? NULL : &a->rdzv, a->envp, &a->sup.child_mask, on_rsh);
+  if (rc < 0) {
+    lwsi_log_warn("lwsinit rsh not available: %s", strerror(-rc));
+    return;
+  }
+  a->rsh_on = true;
+  lwsi_status_sock_set_rsh(&a->status_sock, lwsi_rsh_accept, &a->rsh);
+}
+
+/* Preset mpi at launch: a worker serves the leader's launcher instead of
+ * running a COMMAND; the leader writes {hostfile} first. Returns whether
+ * the launch goes on. */
+static bool mpi_launch(struct lwsi_agent *a)
+{
+  const struct lwsi_config *cfg = a->cfg;
+  if (cfg->preset != LWSI_PRESET_MPI)
+    return true;
+  if (!a->rsh_on) {
+    finish(a, 1, "preset mpi: lwsinit rsh could not be set up (see above)");
+    return false;
+  }
+  lwsi_rsh_serve(&a->rsh);
+  if (cfg->rank > 0) {
+    set_phase(a, LWSI_PHASE_RUNNING);
+    if (cfg->argc > 0)
+      lwsi_log_info("preset mpi: this worker runs no COMMAND of its own ('%s' is not run)",
+                    cfg->argv[0]);
+    lwsi_log_info("serving the leader's MPI launcher through lwsinit rsh (rank %u of %u)",
+                  cfg->rank, cfg->size);
+    return false;
+  }
+  char why[4200];
+  int rc = lwsi_rsh_hostfile_path(cfg->status_socket, a->hostfile, sizeof(a->hostfile));
+  if (rc == 0)
+    rc = lwsi_rsh_hostfile(&a->rsh, a->hostfile, a->leader_ip, cfg->gpus);
+  if (rc < 0) {
+    snprintf(why, sizeof(why), "preset mpi: cannot write the hostfile %s: %s", a->hostfile,
+             strerror(-rc));
+    leave_group(a, "the MPI hostfile could not be written");
+    finish(a, 1, why);
+    return false;
+  }
+  lwsi_log_info("preset mpi: wrote the hostfile %s (%u hosts)", a->hostfile, cfg->size);
+  return true;
+}
+
+/* The leader's launcher finds `lwsinit rsh` through OMPI_MCA_plm_rsh_agent,
+ * by this binary's own path. */
+static int mpi_launcher_env(struct lwsi_agent *a, char **env, char ***out, char **added)
+{
+  *out = NULL;
+  *added = NULL;
+  if (a->cfg->preset != LWSI_PRESET_MPI || a->cfg->rank > 0)
+    return 0;
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0)
+    return n < 0 ? -errno : -ENOENT;
+  exe[n] = '\0';
+  return lwsi_rsh_env(env, exe, a->cfg->status_socket, out, added);
+}
+
 /* The environment of what the agent starts for the engine (the engine
  * itself, or a launch phase's service): the agent's, the group's
  * variables, and the network variables. Free *env with
@@ -543,7 +648,13 @@ static void spawn_child(struct lwsi_agent *a, char **argv, const char *missing)
     finish(a, 1, why);
     return;
   }
-  rc = lwsi_supervisor_spawn(&a->sup, argv, full);
+  /* Preset mpi: the leader's launcher finds `lwsinit rsh`. */
+  char **mpi_env = NULL, *mpi_added = NULL;
+  rc = mpi_launcher_env(a, full, &mpi_env, &mpi_added);
+  if (rc == 0)
+    rc = lwsi_supervisor_spawn(&a->sup, argv, mpi_env != NULL ? mpi_env : full);
+  free(mpi_env);
+  free(mpi_added);
   free(full);
   if (rc == 0) {
     lwsi_log_info("started %s '%s' as pid %d (rank %u of %u)", child_what(a), argv[0],
@@ -564,8 +675,11 @@ static void spawn_child(struct lwsi_agent *a, char **argv, const char *missing)
 static void launch(struct lwsi_agent *a)
 {
   const struct lwsi_config *cfg = a->cfg;
+  if (!mpi_launch(a))
+    return;
   const struct lwsi_cmdline_values vals = {
     .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
+    .hostfile = a->hostfile[0] != '\0' ? a->hostfile : NULL,
   };
   char **argv = NULL;
   char bad[64] = "";
@@ -615,6 +729,8 @@ static void on_child_exited(struct lwsi_agent *a, int status)
     engine_failed_tell(a, what);
   char why[96];
   snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
+  if (a->rsh_on && lwsi_rsh_group_exit(&a->rsh, code) < 0)
+    lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader leaves");
   leave_group(a, why);
   if (a->phase != LWSI_PHASE_STOPPING)
     set_phase(a, LWSI_PHASE_STOPPING);
@@ -679,6 +795,8 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
       return;
     if (a->gpu_on && sup->reaped_pid == a->gpu.pid)
       lwsi_gpurun_reaped(&a->gpu, arg);
+    else if (a->rsh_on)
+      (void)lwsi_rsh_reaped(&a->rsh, sup->reaped_pid, arg);
     return;
   }
 }
@@ -1579,9 +1697,13 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     finish(a, LWSI_EXIT_RDZV, why);
     return;
   case LWSI_RDZV_EV_LOST:
+    if (a->rsh_on && ev->rank > 0)
+      lwsi_rsh_member_lost(&a->rsh, (uint32_t)ev->rank);
     on_member_lost(a, ev);
     return;
   case LWSI_RDZV_EV_APP:
+    if (a->rsh_on && lwsi_rsh_message(&a->rsh, ev))
+      return;
     if (!node_message(a, ev) && !phases_message(a, ev)) {
       on_check_message(a, ev);
       on_group_message(a, ev);
@@ -1819,8 +1941,8 @@ static void health_input(struct lwsi_agent *a, struct lwsi_health_input *in)
   in->standalone = cfg->standalone;
   in->readiness = cfg->readiness;
   in->phase = phase_names[a->phase];
-  in->launched = a->sup.child != 0;
-  in->child_running = a->sup.child_running;
+  in->launched = a->sup.child != 0 || mpi_worker_serving(a);
+  in->child_running = a->sup.child_running || mpi_worker_serving(a);
   in->stopping = a->sup.stopping || a->phase >= LWSI_PHASE_STOPPING;
   in->size = cfg->size;
   in->joined = cfg->standalone ? 1 : (a->rdzv_on ? lwsi_rdzv_joined(&a->rdzv) : 0);
@@ -2120,6 +2242,7 @@ static void start(struct lwsi_agent *a, const sigset_t *orig_mask)
     /* People lose a view, the group loses nothing: keep going. */
     lwsi_log_warn("status socket %s not available: %s", cfg->status_socket, strerror(-rc));
   }
+  start_rsh(a);
   rc = start_probes(a);
   if (rc < 0) {
     snprintf(why, sizeof(why), "cannot serve probes on %s:%u (--probe-addr): %s",
@@ -2174,6 +2297,8 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   if (a->reresolve_timer_on)
     uv_close((uv_handle_t *)&a->reresolve_timer, NULL);
   lwsi_upstream_close(&a->upstream);
+  if (a->rsh_on)
+    lwsi_rsh_close(&a->rsh);
   if (a->gpu_on)
     lwsi_gpurun_close(&a->gpu);
   if (a->phases_on)

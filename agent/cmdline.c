@@ -45,6 +45,7 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   const struct lwsi_expand_var user_vars[] = {
     {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"leader_ip:", host},
     {"size", size}, {"rank", rank}, {"dist_port", has_dp ? dport : NULL},
+    {"hostfile", v->hostfile},
   };
   const struct lwsi_expand_var preset_vars[] = {
     {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"leader_ip:", host},
@@ -105,7 +106,8 @@ int lwsi_cmdline_launch_check(const struct lwsi_config *cfg, struct lwsi_launchc
   if (argv == NULL)
     return -ENOMEM;
   size_t o = 0;
-  for (int i = 0; i < cfg->argc; i++)
+  int argc = e->id == LWSI_PRESET_MPI ? 0 : cfg->argc;
+  for (int i = 0; i < argc; i++)
     argv[o++] = cfg->argv[i];
   for (size_t i = 0; i < n; i++)
     argv[o++] = e->flags[i];

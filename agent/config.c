@@ -493,6 +493,7 @@ void lwsi_config_usage(int fd)
           "Usage: lwsinit [OPTIONS] [--] COMMAND [ARG...]\n"
           "       lwsinit status [--socket PATH] [--json]\n"
           "       lwsinit probe live|ready [--addr HOST:PORT]\n"
+          "       lwsinit rsh [-l USER] HOST COMMAND [ARG...]   (--preset mpi: run on a member)\n"
           "       lwsinit --help | --version\n\n"
           "Init and group agent for LeaderWorkerSet pods. Every option also reads\n"
           "LWSINIT_<OPTION> from the environment; a flag wins over its variable.\n\n"
@@ -668,13 +669,18 @@ static int check_group(struct lwsi_config *cfg, const struct source *src, char *
 
 static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
 {
+  bool mpi = cfg->preset == LWSI_PRESET_MPI;
+  /* A worker of preset mpi runs no COMMAND of its own: what runs there is
+   * what the leader's MPI launcher asks for through `lwsinit rsh`. */
+  if (mpi && cfg->rank > 0)
+    return 0;
   if (cfg->argc == 0)
     return fail(err, errlen, "no COMMAND given (usage: lwsinit [OPTIONS] [--] COMMAND [ARG...])");
   uint16_t dport;
   bool has_dport = lwsi_config_dist_port(cfg, &dport);
   const struct lwsi_expand_var vars[] = {
     {"leader", ""}, {"leader_ip", ""}, {"size", ""}, {"rank", ""},
-    {"dist_port", has_dport ? "" : NULL},
+    {"dist_port", has_dport ? "" : NULL}, {"hostfile", mpi ? "" : NULL},
   };
   const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
   if (e->dp_local_flag != NULL && lwsi_engine_dp_local(e, cfg->dp_local, cfg->argv) == 0)
@@ -696,8 +702,11 @@ static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
     if (rc == -ENOENT)
       return fail(err, errlen,
                   "COMMAND argument %d ('%s'): unknown placeholder {%s}: expected {leader}, "
-                  "{leader_ip}, {size}, {rank} or {dist_port}; write {{%s}} for a literal",
-                  i, cfg->argv[i], bad, bad);
+                  "{leader_ip}, {size}, {rank}, {dist_port} or {hostfile}; write {{%s}} for a "
+                  "literal", i, cfg->argv[i], bad, bad);
+    if (rc == -ENODATA && strcmp(bad, "hostfile") == 0)
+      return fail(err, errlen, "COMMAND argument %d ('%s'): {hostfile} needs --preset mpi", i,
+                  cfg->argv[i]);
     if (rc == -ENODATA)
       return fail(err, errlen, "COMMAND argument %d ('%s'): {%s} needs --dist-port or a --preset",
                   i, cfg->argv[i], bad);

@@ -150,6 +150,13 @@ static const struct lwsi_engine engines[LWSI_PRESET_COUNT] = {
   [LWSI_PRESET_SGLANG_RAY] = {LWSI_PRESET_SGLANG_RAY, "sglang-ray", 6379, sglang_ray_flags,
                               no_flags, NULL, "/health", 30000, "--port", false, false,
                               sglang_ray_refused, &ray_service},
+  /* An MPI launcher on the leader (mpirun, trtllm-llmapi-launch): nothing
+   * is appended, COMMAND names the hostfile with {hostfile}, and the
+   * workers run what the launcher asks through `lwsinit rsh` (agent/rsh.c).
+   * No health URL: what the job serves, if anything, is the user's
+   * --upstream. */
+  [LWSI_PRESET_MPI] = {LWSI_PRESET_MPI, "mpi", 0, no_flags, no_flags, NULL, NULL, 0, NULL, false,
+                       false, no_refusals, NULL},
 };
 
 const struct lwsi_engine *lwsi_engine_get(enum lwsi_preset id)

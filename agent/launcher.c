@@ -57,12 +57,13 @@ int lwsi_launcher_raise_nofile(void)
  * async-signal-safe calls, no allocation, never a return. */
 static __attribute__((noreturn)) void child_exec(char *const *argv, char *const *envp,
                                                  const sigset_t *mask, int errfd, int in_fd,
-                                                 int out_fd)
+                                                 int out_fd, int err_fd)
 {
   setpgid(0, 0);
   /* dup2(2) leaves the new descriptor without close-on-exec. */
   if ((in_fd >= 0 && dup2(in_fd, STDIN_FILENO) < 0) ||
-      (out_fd >= 0 && dup2(out_fd, STDOUT_FILENO) < 0)) {
+      (out_fd >= 0 && dup2(out_fd, STDOUT_FILENO) < 0) ||
+      (err_fd >= 0 && dup2(err_fd, STDERR_FILENO) < 0)) {
     int e = errno;
     ssize_t n;
     do
@@ -112,22 +113,28 @@ int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *ch
  * (-Wclobbered). */
 static __attribute__((noinline)) pid_t start_child(char *const *argv, char *const *envp,
                                                    const sigset_t *mask, int errfd, int in_fd,
-                                                   int out_fd)
+                                                   int out_fd, int err_fd)
 {
   pid_t child = vfork();
   if (child == 0)
-    child_exec(argv, envp, mask, errfd, in_fd, out_fd);
+    child_exec(argv, envp, mask, errfd, in_fd, out_fd, err_fd);
   return child;
 }
 
 int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t *child_mask,
                            int in_fd, int out_fd, pid_t *pid)
 {
+  return lwsi_launcher_spawn_io3(argv, envp, child_mask, in_fd, out_fd, -1, pid);
+}
+
+int lwsi_launcher_spawn_io3(char *const *argv, char *const *envp, const sigset_t *child_mask,
+                            int in_fd, int out_fd, int err_fd, pid_t *pid)
+{
   *pid = 0;
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0)
     return -errno;
-  pid_t child = start_child(argv, envp, child_mask, p[1], in_fd, out_fd);
+  pid_t child = start_child(argv, envp, child_mask, p[1], in_fd, out_fd, err_fd);
   if (child < 0) {
     int e = errno;
     close(p[0]);

@@ -4,6 +4,7 @@
 #include "lwsinit/launcher.h"
 #include "lwsinit/log.h"
 #include "lwsinit/probe_client.h"
+#include "lwsinit/rsh.h"
 #include "lwsinit/status.h"
 #include "lwsinit/status_sock.h"
 #include "lwsinit/termlog.h"
@@ -59,6 +60,34 @@ static int probe_command(const struct lwsi_config *cfg)
   return lwsi_probe_client_exit_code(rc, &res);
 }
 
+/* `lwsinit rsh [-l USER] HOST COMMAND [ARG...]`: Open MPI's rsh agent
+ * under preset mpi (agent/rsh_client.c). -l is taken and ignored, as the
+ * command runs as the member agent's user; the socket is the agent's
+ * default status socket, or LWSINIT_STATUS_SOCKET. A failure without a
+ * remote exit status is 255, as with ssh(1). */
+static int rsh_command(int argc, char **argv)
+{
+  int i = 2;
+  if (i < argc && strcmp(argv[i], "-l") == 0)
+    i += 2;
+  else if (i < argc && strncmp(argv[i], "-l", 2) == 0)
+    i++;
+  if (i < argc && strcmp(argv[i], "--") == 0)
+    i++;
+  if (i + 1 >= argc || argv[i][0] == '-') {
+    dprintf(STDERR_FILENO, "lwsinit rsh: usage: lwsinit rsh [-l USER] HOST COMMAND [ARG...]\n");
+    return LWSI_EXIT_USAGE;
+  }
+  const char *sock = getenv("LWSINIT_STATUS_SOCKET");
+  if (sock == NULL || sock[0] == '\0')
+    sock = "/run/lwsinit/status.sock";
+  char why[1200];
+  int code = lwsi_rsh_client(sock, argv[i], argv + i + 1, argc - i - 1, why, sizeof(why));
+  if (why[0] != '\0')
+    dprintf(STDERR_FILENO, "lwsinit rsh: %s: %s\n", argv[i], why);
+  return code;
+}
+
 /* A configuration error goes to the termination log too, as every failure
  * does (contract, "Exit status"): to the path given, or to the default
  * when it exists (a Kubernetes container has /dev/termination-log). */
@@ -82,6 +111,9 @@ int main(int argc, char **argv)
     fprintf(stderr, "lwsinit: cannot block signals: %m\n");
     return 1;
   }
+
+  if (argc > 1 && strcmp(argv[1], "rsh") == 0)
+    return rsh_command(argc, argv);
 
   static struct lwsi_config cfg;
   char err[LWSI_CONFIG_ERR_MAX];

@@ -252,6 +252,15 @@ int lwsi_rdzv_app_send(struct lwsi_rdzv *r, const char *kind, const char *data)
   return lwsi__rdzv_worker_app(r, kind, data);
 }
 
+int lwsi_rdzv_app_send_to(struct lwsi_rdzv *r, uint32_t rank, const char *kind, const char *data)
+{
+  if (!lwsi_wire_kind_ok(kind) || !lwsi_wire_data_ok(data) || rank == 0 || rank >= r->cfg.size)
+    return -EINVAL;
+  if (!r->leader || r->state != LWSI_RDZV_RELEASED)
+    return -EPERM;
+  return lwsi__rdzv_leader_app_to(r, rank, kind, data);
+}
+
 /* ---- getters ---- */
 
 uint32_t lwsi_rdzv_size(const struct lwsi_rdzv *r) { return r->cfg.size; }

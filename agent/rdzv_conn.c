@@ -313,6 +313,20 @@ int lwsi__rdzv_app_encode(const char *kind, const char *data, uint8_t **frame, s
   return rc == -EMSGSIZE ? -EINVAL : rc;
 }
 
+int lwsi__rdzv_send_app(struct lwsi_rdzv_conn *c, const char *kind, const char *data)
+{
+  uint8_t *frame;
+  size_t len;
+  int rc = lwsi__rdzv_app_encode(kind, data, &frame, &len);
+  if (rc < 0)
+    return rc;
+  rc = lwsi__rdzv_send_frame(c, frame, len);
+  if (rc == -ENOMEM)
+    return rc;
+  /* Any other failure broke the connection: the loss is reported. */
+  return rc < 0 ? -ENOTCONN : 0;
+}
+
 /* ---- heartbeats ---- */
 
 bool lwsi__rdzv_hb_take_turn(struct lwsi_rdzv *r, uint64_t now)

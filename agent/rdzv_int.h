@@ -186,6 +186,10 @@ int lwsi__rdzv_send_text(struct lwsi_rdzv_conn *c, enum lwsi_msg_type type, cons
 /* Encodes an application message (kind and data already checked). */
 int lwsi__rdzv_app_encode(const char *kind, const char *data, uint8_t **frame, size_t *len);
 
+/* Sends one app message on c: 0, -EINVAL, -ENOMEM, or -ENOTCONN (the
+ * connection broke; its loss is reported). */
+int lwsi__rdzv_send_app(struct lwsi_rdzv_conn *c, const char *kind, const char *data);
+
 /* ---- rdzv_conn.c: heartbeats ---- */
 
 /* Whether a heartbeat is due at now; if so, the next one is scheduled. */
@@ -231,6 +235,9 @@ const char *lwsi__rdzv_decode_error(int rc);
 
 /* lwsi_rdzv_app_broadcast, checked: keeps and sends the frame. */
 int lwsi__rdzv_leader_app(struct lwsi_rdzv *r, const char *kind, const char *data);
+/* lwsi_rdzv_app_send_to, checked: to that member alone, not kept. */
+int lwsi__rdzv_leader_app_to(struct lwsi_rdzv *r, uint32_t rank, const char *kind,
+                             const char *data);
 /* lwsi_rdzv_app_send, checked. */
 int lwsi__rdzv_worker_app(struct lwsi_rdzv *r, const char *kind, const char *data);
 /* lwsi_rdzv_set_leader, checked: ss is ip's address on the leader's port. */

@@ -1053,3 +1053,12 @@ int lwsi__rdzv_leader_app(struct lwsi_rdzv *r, const char *kind, const char *dat
   free(frame);
   return 0;
 }
+
+int lwsi__rdzv_leader_app_to(struct lwsi_rdzv *r, uint32_t rank, const char *kind,
+                             const char *data)
+{
+  struct lwsi_rdzv_conn *c = r->slots[rank].conn;
+  if (c == NULL || c->state != C_MEMBER || !r->slots[rank].alive || c->broken)
+    return -ENOTCONN;
+  return lwsi__rdzv_send_app(c, kind, data);
+}

@@ -665,14 +665,5 @@ int lwsi__rdzv_worker_app(struct lwsi_rdzv *r, const char *kind, const char *dat
   struct lwsi_rdzv_conn *c = r->as_worker.conn;
   if (c == NULL || c->state != C_MEMBER || c->broken)
     return -ENOTCONN;
-  uint8_t *frame;
-  size_t len;
-  int rc = lwsi__rdzv_app_encode(kind, data, &frame, &len);
-  if (rc < 0)
-    return rc;
-  rc = lwsi__rdzv_send_frame(c, frame, len);
-  if (rc == -ENOMEM)
-    return rc;
-  /* Any other failure broke the connection: the loss is reported. */
-  return rc < 0 ? -ENOTCONN : 0;
+  return lwsi__rdzv_send_app(c, kind, data);
 }

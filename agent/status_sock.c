@@ -57,6 +57,77 @@ static int peer_allowed(uv_pipe_t *p)
   return cred.uid == 0 || cred.uid == geteuid();
 }
 
+/* Whether the peer bound its socket to an address: an rsh client does
+ * (lwsi_status_sock_connect_bound), nothing else needs to. */
+static int peer_bound(uv_pipe_t *p)
+{
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)p, &fd) < 0)
+    return 0;
+  struct sockaddr_un sa;
+  socklen_t len = sizeof(sa);
+  if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
+    return 0;
+  return len > sizeof(sa_family_t);
+}
+
+/* An rsh request runs a command in the group: only the agent's own user
+ * may ask, not root when the agent is not root (docs/security.md). The
+ * connection leaves this module as a descriptor of its own. */
+static void hand_rsh(struct lwsi_status_sock *s, struct status_conn *c)
+{
+  uv_os_fd_t fd;
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  int dup = -1;
+  if (s->rsh != NULL && uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0 &&
+      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.uid == geteuid())
+    dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  else
+    s->refused++;
+  uv_close((uv_handle_t *)&c->pipe, conn_closed);
+  if (dup >= 0) {
+    /* libuv made the accepted socket non-blocking; the callee opens it
+     * as it needs. */
+    int fl = fcntl(dup, F_GETFL);
+    if (fl >= 0)
+      (void)fcntl(dup, F_SETFL, fl & ~O_NONBLOCK);
+    s->rsh(s->rsh_data, dup);
+  }
+}
+
+void lwsi_status_sock_set_rsh(struct lwsi_status_sock *s, lwsi_status_rsh_cb cb, void *data)
+{
+  s->rsh = cb;
+  s->rsh_data = data;
+}
+
+int lwsi_status_sock_connect_bound(const char *path)
+{
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof(addr.sun_path))
+    return -ENAMETOOLONG;
+  memcpy(addr.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  /* An address of sizeof(sa_family_t) asks the kernel for a unique
+   * abstract name (unix(7), "Autobind feature"). */
+  struct sockaddr_un self = {.sun_family = AF_UNIX};
+  int rc = bind(fd, (struct sockaddr *)&self, sizeof(sa_family_t));
+  if (rc == 0) {
+    do
+      rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    while (rc < 0 && errno == EINTR);
+  }
+  if (rc < 0) {
+    rc = -errno;
+    close(fd);
+    return rc;
+  }
+  return fd;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
   struct lwsi_status_sock *s = server->data;
@@ -79,6 +150,10 @@ static void on_connection(uv_stream_t *server, int status)
   }
   if (s->open_conns > STATUS_MAX_CONNS) {
     uv_close((uv_handle_t *)&c->pipe, conn_closed);
+    return;
+  }
+  if (peer_bound(&c->pipe)) {
+    hand_rsh(s, c);
     return;
   }
   if (!peer_allowed(&c->pipe)) {

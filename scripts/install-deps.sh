@@ -10,6 +10,8 @@ pkgs=(
   python3-yaml python3-jsonschema debootstrap binutils dpkg-dev
   clang libclang-rt-14-dev llvm
   podman runc
+  # test_mpi.py (a real MPI) and tests/bench/rsh_bench.py (ssh to compare)
+  openmpi-bin libopenmpi-dev openssh-server openssh-client
   prometheus
 )
 

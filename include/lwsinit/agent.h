@@ -17,6 +17,7 @@
 #include "lwsinit/rdzv.h"
 #include "lwsinit/status.h"
 #include "lwsinit/resolver.h"
+#include "lwsinit/rsh.h"
 #include "lwsinit/status_sock.h"
 #include "lwsinit/supervisor.h"
 #include "lwsinit/upstream.h"
@@ -79,6 +80,12 @@ struct lwsi_agent {
   uint32_t node_reports;   /* leader: how many */
   uint32_t node_failed;    /* leader: how many failed */
   struct lwsi_netenv netenv;
+
+  /* Preset mpi (rsh.h): the leader's relay and each member's runner;
+   * hostfile: {hostfile}, written by the leader at launch. */
+  struct lwsi_rsh rsh;
+  bool rsh_on;
+  char hostfile[4096];
 
   enum lwsi_phase phase;
   uint64_t started_ms;                 /* monotonic */

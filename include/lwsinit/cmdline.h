@@ -16,6 +16,7 @@ struct lwsi_cmdline_values {
   const char *leader_ip; /* resolved */
   unsigned size;
   unsigned rank;
+  const char *hostfile; /* {hostfile}: preset mpi's, on the leader; else NULL */
 };
 
 /* Builds the argv to exec (malloc'd; free with lwsi_expand_free): COMMAND
@@ -28,7 +29,9 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
 /* The launch command this member sends the leader (contract, "Launch
  * check"): COMMAND as written, placeholders unexpanded, then the flags the
  * preset appends on every rank; in the form it travels
- * (lwsi_launchck_build). Returns 0 or a negative errno (-ELIBACC: no
+ * (lwsi_launchck_build). With preset mpi the command is empty on every
+ * member: only the leader runs COMMAND, and the workers' may be empty or
+ * anything. Returns 0 or a negative errno (-ELIBACC: no
  * libcrypto for the digest). Free with lwsi_launchck_free. */
 int lwsi_cmdline_launch_check(const struct lwsi_config *cfg, struct lwsi_launchck_cmd *out);
 

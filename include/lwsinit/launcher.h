@@ -19,6 +19,11 @@ int lwsi_launcher_spawn(char *const *argv, char *const *envp, const sigset_t *ch
 int lwsi_launcher_spawn_io(char *const *argv, char *const *envp, const sigset_t *child_mask,
                            int in_fd, int out_fd, pid_t *pid);
 
+/* As lwsi_launcher_spawn_io, with err_fd (when >= 0) as the child's
+ * stderr too. */
+int lwsi_launcher_spawn_io3(char *const *argv, char *const *envp, const sigset_t *child_mask,
+                            int in_fd, int out_fd, int err_fd, pid_t *pid);
+
 /* The exit code the contract gives a failed exec: 127 not found, else 126. */
 int lwsi_launcher_exec_code(int err);
 

@@ -315,6 +315,14 @@ int lwsi_rdzv_app_broadcast(struct lwsi_rdzv *r, const char *kind, const char *d
  * -ENOMEM. */
 int lwsi_rdzv_app_send(struct lwsi_rdzv *r, const char *kind, const char *data);
 
+/* Leader: to member rank alone (1..size-1), not kept for a rejoining
+ * member (the MPI relay's requests and acknowledgements, agent/rsh.c:
+ * they mean nothing to another incarnation). A write that fails is
+ * reported LOST, as for any frame. Returns 0, -EINVAL (a bad kind, data or
+ * rank), -EPERM (this is a worker, or not released), -ENOTCONN (that
+ * member is not connected now), or -ENOMEM. */
+int lwsi_rdzv_app_send_to(struct lwsi_rdzv *r, uint32_t rank, const char *kind, const char *data);
+
 /* Closes every handle and connection; run the loop afterwards so that
  * uv_loop_close returns 0. Safe in any state, more than once. */
 void lwsi_rdzv_close(struct lwsi_rdzv *r);

@@ -52,7 +52,7 @@ static void expect_cmd_at(const char *preset, char **argv, int argc, unsigned ra
                           const char *leader_ip, const char *want)
 {
   TAP_OK(setup(argv, argc, preset) == 0, "config for preset %s", preset ? preset : "none");
-  struct lwsi_cmdline_values v = {"sglang-0.sglang.default", leader_ip, 4, rank};
+  struct lwsi_cmdline_values v = {"sglang-0.sglang.default", leader_ip, 4, rank, NULL};
   char **out = NULL;
   char bad[32];
   int rc = lwsi_cmdline_build(&cfg, &v, &out, bad, sizeof(bad));
