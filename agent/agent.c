@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 static const char *const phase_names[LWSI_PHASE_COUNT] = {
-  "resolving", "joining", "checking", "running", "stopping", "failed",
+  "resolving", "joining", "checking", "running", "restarting", "stopping", "failed",
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p) { return phase_names[p]; }
@@ -54,6 +54,18 @@ static void engine_failed_tell(struct lwsi_agent *a, const char *why);
 static bool ordered_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static void on_group_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static void hang_watch(struct lwsi_agent *a);
+
+/* Restart in place (--on-failure restart): its own section below. */
+static bool restart_child_exited(struct lwsi_agent *a, int code, const char *what);
+static bool restart_engine_hung(struct lwsi_agent *a, const char *why);
+static bool restart_stop_signal(struct lwsi_agent *a, int sig, const char *name);
+static bool restart_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev,
+                                const char *why);
+static void restart_member_joined(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static bool restart_engine_failed_msg(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static void restart_close(struct lwsi_agent *a);
+static void check_program(char *buf, size_t len);
 
 /* The engine's state, in the one vocabulary that the status document and
  * the heartbeats share (lwsi_status_child_name). */
@@ -200,6 +212,7 @@ static void engine_failed_tell(struct lwsi_agent *a, const char *why)
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "rank", a->cfg->rank);
   cJSON_AddStringToObject(o, "reason", reason);
+  cJSON_AddNumberToObject(o, "epoch", a->rs.epoch);
   if (cJSON_PrintPreallocated(o, data, sizeof(data), 0)) {
     int rc = a->cfg->rank == 0 ? lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, data)
                                : lwsi_rdzv_app_send(&a->rdzv, MSG_ENGINE_FAILED, data);
@@ -215,6 +228,8 @@ static void on_engine_failed(struct lwsi_agent *a, const struct lwsi_rdzv_event 
 {
   if (a->ordered_stop || a->stop_exit_code != 0 || a->done)
     return; /* Stopping already: its own child's status, or the first failure, wins. */
+  if (restart_engine_failed_msg(a, ev))
+    return;
   cJSON *o = cJSON_Parse(ev->data);
   const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
   const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
@@ -368,6 +383,8 @@ static void engine_hung(struct lwsi_agent *a)
            "stuck collective or a GPU fault",
            a->upstream_url, (double)failed_ms / 1000.0, (double)a->cfg->hang_timeout_ms / 1000.0,
            u->last_error);
+  if (restart_engine_hung(a, why))
+    return;
   engine_failed_tell(a, why);
   char bye[96];
   snprintf(bye, sizeof(bye), "the engine on rank %u hung", a->cfg->rank);
@@ -512,6 +529,7 @@ static void launch(struct lwsi_agent *a)
   const struct lwsi_config *cfg = a->cfg;
   const struct lwsi_cmdline_values vals = {
     .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
+    .epoch = a->rs.epoch,
   };
   char **argv = NULL, **env = NULL;
   char bad[64] = "";
@@ -532,8 +550,14 @@ static void launch(struct lwsi_agent *a)
     finish(a, 1, why);
     return;
   }
-  char **full = NULL;
-  rc = network_env(a, env, &full);
+  char **full = NULL, **net = NULL;
+  char epoch_kv[32];
+  snprintf(epoch_kv, sizeof(epoch_kv), "LWSINIT_EPOCH=%u", a->rs.epoch);
+  rc = network_env(a, env, &net);
+  if (rc == 0) {
+    rc = lwsi_launcher_env_add(net, epoch_kv, &full);
+    free(net);
+  }
   if (rc < 0) {
     char why[256];
     lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
@@ -542,11 +566,13 @@ static void launch(struct lwsi_agent *a)
     finish(a, 1, why);
     return;
   }
+  /* No member launches twice in one epoch (contract, "Membership"). */
+  a->rs.launched = a->rs.epoch;
   rc = lwsi_supervisor_spawn(&a->sup, argv, full);
   free(full);
   if (rc == 0) {
-    lwsi_log_info("started the engine '%s' as pid %d (rank %u of %u)", argv[0],
-                  (int)a->sup.child, cfg->rank, cfg->size);
+    lwsi_log_info("started the engine '%s' as pid %d (rank %u of %u, epoch %u)", argv[0],
+                  (int)a->sup.child, cfg->rank, cfg->size, a->rs.epoch);
     start_upstream(a, argv);
   } else {
     char why[1024];
@@ -583,6 +609,8 @@ static void on_child_exited(struct lwsi_agent *a, int status)
   }
   if (ordered_child_exited(a, code))
     return;
+  if (restart_child_exited(a, code, what))
+    return;
   /* An engine that ended on its own is an engine failure for the group
    * (contract, "Membership"): the others learn which rank and why before
    * this member's bye. */
@@ -610,6 +638,8 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
       uv_stop(&a->loop);
       return;
     }
+    if (restart_stop_signal(a, arg, why))
+      return;
     if (ordered_stop_signal(a, arg, why))
       return;
     if (sup->child == 0) {
@@ -1095,6 +1125,8 @@ static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *e
     snprintf(why, sizeof(why), "rank %lld was lost: %s", (long long)ev->rank, ev->reason);
   else
     snprintf(why, sizeof(why), "a member was lost: %s", ev->reason);
+  if (restart_member_lost(a, ev, why))
+    return;
   if (a->cfg->on_peer_loss == LWSI_PEER_LOSS_STAY) {
     snprintf(a->group_broken, sizeof(a->group_broken), "%s", why);
     lwsi_log_warn("%s; the group is unready (--on-peer-loss stay)", why);
@@ -1162,6 +1194,8 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     else
       lwsi_log_info("joined the leader at %s:%u as rank %u", a->leader_ip, a->cfg->rdzv_port,
                     a->cfg->rank);
+    if (r->leader && r->state == LWSI_RDZV_RELEASED)
+      restart_member_joined(a, ev);
     return;
   case LWSI_RDZV_EV_WAITING:
     lwsi_log_debug("the leader is %s", ev->reason);
@@ -1202,7 +1236,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     on_member_lost(a, ev);
     return;
   case LWSI_RDZV_EV_APP:
-    if (!node_message(a, ev)) {
+    if (!node_message(a, ev) && !restart_message(a, ev)) {
       on_check_message(a, ev);
       on_group_message(a, ev);
     }
@@ -1237,6 +1271,7 @@ static void start_rdzv(struct lwsi_agent *a)
     .rdzv_timeout_ms = cfg->rdzv_timeout_ms,
     .heartbeat_ms = cfg->heartbeat_ms,
     .peer_timeout_ms = cfg->peer_timeout_ms,
+    .admit_replacements = cfg->on_failure == LWSI_ON_FAILURE_RESTART,
   };
   char why[400];
   struct lwsi_launchck_cmd cmd;
@@ -1385,6 +1420,546 @@ static void start_resolving(struct lwsi_agent *a)
              strerror(-rc));
     finish(a, LWSI_EXIT_DNS, why);
   }
+}
+
+/* ---- restart in place (contract, "Membership": --on-failure restart) -- */
+
+/* The group restarts under the next epoch instead of exiting. The leader
+ * decides; its messages after release (docs/protocol.md, "Epochs"):
+ *   restart        leader -> workers: stop the engine, the group restarts
+ *                  under {"epoch":E}; a replacement of a lost member gets
+ *                  it again when it joins;
+ *   restart_ready  a worker -> the leader: its engine of the old epoch is
+ *                  gone and its GPUs are free, {"epoch":E};
+ *   relaunch       leader -> workers: every member is ready and the backoff
+ *                  has passed: launch under {"epoch":E}.
+ * A message of an older epoch is ignored, and no member launches twice in
+ * one epoch (rs.launched). The failure that exceeds --max-restarts within
+ * --restart-window ends the group as --on-failure exit does:
+ * engine_failed with "final":true. */
+#define MSG_RESTART "restart"
+#define MSG_RESTART_READY "restart_ready"
+#define MSG_RELAUNCH "relaunch"
+#define RESTART_BACKOFF_MS 1000u
+#define RESTART_BACKOFF_MAX_MS 60000u
+
+static bool restart_policy(const struct lwsi_agent *a)
+{
+  return a->cfg->on_failure == LWSI_ON_FAILURE_RESTART && !a->done && !a->ordered_stop &&
+         a->stop_exit_code == 0 && !a->fail_delay_on;
+}
+
+/* Whether this agent decides for the group: the leader, or an agent alone. */
+static bool restart_decides(const struct lwsi_agent *a)
+{
+  return a->cfg->rank == 0;
+}
+
+static void restart_relaunch(struct lwsi_agent *a);
+
+static void restart_epoch_data(char *buf, size_t len, uint32_t epoch, int64_t rank,
+                               const char *reason)
+{
+  char r[600];
+  lwsi_text_copy(r, sizeof(r), reason != NULL ? reason : "");
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "epoch", epoch);
+  if (rank >= 0)
+    cJSON_AddNumberToObject(o, "rank", (double)rank);
+  if (reason != NULL)
+    cJSON_AddStringToObject(o, "reason", r);
+  if (!cJSON_PrintPreallocated(o, buf, (int)len, 0))
+    snprintf(buf, len, "{\"epoch\":%u}", epoch);
+  cJSON_Delete(o);
+}
+
+/* Leader: every member is ready for the epoch and the backoff is over. */
+static void restart_maybe_relaunch(struct lwsi_agent *a)
+{
+  if (!a->rs.active || !a->rs.backoff_over || a->rs.ready == NULL || a->done)
+    return;
+  for (uint32_t r = 0; r < a->cfg->size; r++)
+    if (!a->rs.ready[r])
+      return;
+  if (a->rs.rejoin_on)
+    uv_timer_stop(&a->rs.rejoin_timer);
+  if (group_released(a)) {
+    char data[64];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, -1, NULL);
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_RELAUNCH, data) < 0)
+      lwsi_log_debug("cannot tell the group to relaunch");
+  }
+  lwsi_log_info("the group re-formed under epoch %u; relaunching", a->rs.epoch);
+  restart_relaunch(a);
+}
+
+/* This member's engine of the old epoch is gone and its GPUs are free:
+ * ready for the epoch, once the leader has named it. */
+static void restart_maybe_ready(struct lwsi_agent *a)
+{
+  if (!a->rs.active || !a->rs.gone || (int64_t)a->rs.epoch <= a->rs.launched || a->done)
+    return;
+  if (restart_decides(a)) {
+    if (a->rs.ready != NULL)
+      a->rs.ready[0] = 1;
+    restart_maybe_relaunch(a);
+    return;
+  }
+  if (a->rs.ready_sent == (int64_t)a->rs.epoch)
+    return;
+  char data[64];
+  restart_epoch_data(data, sizeof(data), a->rs.epoch, -1, NULL);
+  if (lwsi_rdzv_app_send(&a->rdzv, MSG_RESTART_READY, data) == 0)
+    a->rs.ready_sent = a->rs.epoch;
+  lwsi_log_info("ready for epoch %u: the old engine is gone", a->rs.epoch);
+}
+
+static void restart_gone(struct lwsi_agent *a)
+{
+  a->rs.gone = true;
+  restart_maybe_ready(a);
+}
+
+static void restart_exit(struct lwsi_agent *a, int code, const char *why);
+
+static void on_gpu_free(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
+{
+  struct lwsi_agent *a = r->data;
+  if (a->done || ev == LWSI_GPURUN_ID)
+    return;
+  if (ev == LWSI_GPURUN_RESULT) {
+    if (r->ok) {
+      lwsi_log_info("the GPUs hold no process of the old engine");
+      restart_gone(a);
+    }
+    return;
+  }
+  /* GONE: without a good result the GPUs may still hold the old engine's
+   * memory; a new engine beside it could not allocate its own. */
+  if (!r->have_result || !r->ok) {
+    char why[800];
+    snprintf(why, sizeof(why),
+             "the GPUs did not become free of the old engine within %.3g s (--gpu-free-timeout): "
+             "%s",
+             (double)a->cfg->gpu_free_timeout_ms / 1000.0,
+             r->error[0] ? r->error : "the check ended without a result");
+    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+  }
+}
+
+/* The old engine exited: wait until its GPUs hold none of its processes
+ * (NVML's list, in the separate check program), then report ready. With
+ * no --gpus there is nothing to wait for. */
+static void restart_engine_gone(struct lwsi_agent *a)
+{
+  if (a->cfg->gpus == 0 || a->rs.old_engine <= 0) {
+    restart_gone(a);
+    return;
+  }
+  if (a->rs.gpu_free_on) {
+    lwsi_gpurun_close(&a->rs.gpu_free);
+    a->rs.gpu_free_on = false;
+  }
+  char prog[4200], pids[24], tmo[24], gpus[16];
+  check_program(prog, sizeof(prog));
+  snprintf(pids, sizeof(pids), "%d", (int)a->rs.old_engine);
+  snprintf(tmo, sizeof(tmo), "%llu", (unsigned long long)a->cfg->gpu_free_timeout_ms);
+  snprintf(gpus, sizeof(gpus), "%u", a->cfg->gpus);
+  char *argv[] = {prog, "gpu-free", "--proto", "--pgid", pids, "--gpus", gpus, "--timeout-ms",
+                  tmo, NULL};
+  memset(&a->rs.gpu_free, 0, sizeof(a->rs.gpu_free));
+  a->rs.gpu_free.data = a;
+  int rc = lwsi_gpurun_start(&a->rs.gpu_free, &a->loop, argv, a->envp, &a->sup.child_mask,
+                             on_gpu_free);
+  a->rs.gpu_free_on = true;
+  if (rc < 0) {
+    char why[4400];
+    snprintf(why, sizeof(why), "cannot run %s to wait for the GPUs: %s", prog, strerror(-rc));
+    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+    return;
+  }
+  lwsi_log_info("waiting up to %.3g s for the GPUs to be free of the old engine (pgid %d)",
+                (double)a->cfg->gpu_free_timeout_ms / 1000.0, (int)a->rs.old_engine);
+}
+
+/* Enters `restarting`: the engine stops (SIGTERM, --grace, SIGKILL of its
+ * process group), its health stops being polled. */
+static void restart_enter(struct lwsi_agent *a)
+{
+  if (!a->rs.active) {
+    a->rs.active = true;
+    a->rs.gone = false;
+    set_phase(a, LWSI_PHASE_RESTARTING);
+    if (a->group_timers_on)
+      uv_timer_stop(&a->hang_timer);
+    lwsi_upstream_close(&a->upstream);
+    a->upstream_on = false;
+    a->rs.old_engine = a->sup.child;
+  }
+  if (a->sup.child_running) {
+    if (!a->sup.stopping) {
+      lwsi_log_info("stopping the engine for the restart (grace %llu ms)",
+                    (unsigned long long)a->cfg->grace_ms);
+      lwsi_supervisor_stop(&a->sup, SIGTERM, false);
+    }
+    return; /* restart_child_exited goes on */
+  }
+  if (!a->rs.gone && !a->rs.gpu_free_on)
+    restart_engine_gone(a);
+}
+
+/* Ends the agent for good: the restart cannot go on. */
+static void restart_exit(struct lwsi_agent *a, int code, const char *why)
+{
+  if (a->done)
+    return;
+  if (a->rs.gpu_free_on && !a->rs.gpu_free.exited)
+    lwsi_gpurun_kill(&a->rs.gpu_free);
+  leave_group(a, "the group cannot restart");
+  stop_for_group(a, code, why);
+}
+
+static void on_restart_backoff(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  a->rs.backoff_over = true;
+  restart_maybe_relaunch(a);
+}
+
+static void on_rejoin_timeout(uv_timer_t *t);
+
+static int restart_timers(struct lwsi_agent *a)
+{
+  if (a->rs.timers_on)
+    return 0;
+  a->rs.ready = calloc(a->cfg->size, 1);
+  a->rs.history = calloc(a->cfg->max_restarts + 1, sizeof(*a->rs.history));
+  if (a->rs.ready == NULL || a->rs.history == NULL)
+    return -ENOMEM;
+  uv_timer_init(&a->loop, &a->rs.backoff_timer);
+  uv_timer_init(&a->loop, &a->rs.rejoin_timer);
+  a->rs.backoff_timer.data = a;
+  a->rs.rejoin_timer.data = a;
+  a->rs.timers_on = true;
+  return 0;
+}
+
+/* Leader: the group gives up (the budget is spent, or a lost member was
+ * not replaced in time): the others learn which rank and why, as with
+ * --on-failure exit, and exit 6; a member whose own engine failed exits
+ * with its status. */
+static void restart_give_up(struct lwsi_agent *a, int64_t rank, const char *why)
+{
+  if (group_released(a)) {
+    char data[1200];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, rank, why);
+    /* "final": a worker under --on-failure restart exits on it. */
+    size_t n = strlen(data);
+    if (n > 0 && n + 16 < sizeof(data) && data[n - 1] == '}')
+      snprintf(data + n - 1, sizeof(data) - n + 1, ",\"final\":true}");
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, data) < 0)
+      lwsi_log_debug("cannot tell the group that it stops");
+  }
+  restart_exit(a, a->rs.own_failed && rank == 0 ? a->rs.own_code : LWSI_EXIT_PEER, why);
+}
+
+static void on_rejoin_timeout(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  char why[300];
+  int64_t lost = -1;
+  for (uint32_t r = 1; r < a->cfg->size && lost < 0; r++) {
+    struct lwsi_rdzv_member m;
+    if (a->rs.ready != NULL && !a->rs.ready[r] && lwsi_rdzv_member(&a->rdzv, r, &m) == 0 &&
+        !m.alive)
+      lost = r;
+  }
+  snprintf(why, sizeof(why),
+           "rank %lld was lost and no replacement joined within %.3g s (--rejoin-timeout)",
+           (long long)lost, (double)a->cfg->rejoin_timeout_ms / 1000.0);
+  restart_give_up(a, lost, why);
+}
+
+/* Leader: counts the restarts that began within --restart-window. */
+static uint32_t restart_recent(struct lwsi_agent *a, uint64_t now)
+{
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < a->rs.nhistory; i++)
+    if (now - a->rs.history[i] < a->cfg->restart_window_ms)
+      a->rs.history[kept++] = a->rs.history[i];
+  a->rs.nhistory = kept;
+  return kept;
+}
+
+/* Leader: the group restarts because of rank's failure in epoch, or gives
+ * up. lost: rank's agent is gone, and its replacement must join. */
+static void restart_failure(struct lwsi_agent *a, int64_t rank, uint32_t epoch, bool lost,
+                            const char *why)
+{
+  if (a->done)
+    return;
+  if (restart_timers(a) < 0) {
+    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER,
+                 "cannot restart the group: out of memory");
+    return;
+  }
+  if (lost && rank > 0 && (uint32_t)rank < a->cfg->size) {
+    a->rs.ready[rank] = 0;
+    if (!uv_is_active((uv_handle_t *)&a->rs.rejoin_timer)) {
+      uv_timer_start(&a->rs.rejoin_timer, on_rejoin_timeout, a->cfg->rejoin_timeout_ms, 0);
+      a->rs.rejoin_on = true;
+    }
+  }
+  if (epoch < a->rs.epoch || (a->rs.active && (int64_t)a->rs.epoch > a->rs.launched)) {
+    /* A failure of an older epoch, or one while the group restarts already:
+     * the restart under way covers it (a lost member waits for its
+     * replacement above). */
+    lwsi_log_info("rank %lld failed (%s) while the group restarts under epoch %u", (long long)rank,
+                  why, a->rs.epoch);
+    return;
+  }
+  uint64_t now = uv_now(&a->loop);
+  uint32_t recent = restart_recent(a, now);
+  if (recent >= a->cfg->max_restarts) {
+    char full[1600];
+    snprintf(full, sizeof(full),
+             "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
+             "--restart-window): giving up",
+             why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
+             a->cfg->max_restarts);
+    restart_give_up(a, rank, full);
+    return;
+  }
+  a->rs.history[a->rs.nhistory++] = now;
+  uint64_t backoff = RESTART_BACKOFF_MS;
+  for (uint32_t i = 0; i < recent && backoff < RESTART_BACKOFF_MAX_MS; i++)
+    backoff *= 2;
+  if (backoff > RESTART_BACKOFF_MAX_MS)
+    backoff = RESTART_BACKOFF_MAX_MS;
+  a->rs.epoch++;
+  a->rs.restarts++;
+  a->rs.backoff_over = false;
+  for (uint32_t r = 0; r < a->cfg->size; r++) {
+    struct lwsi_rdzv_member m;
+    if (r > 0 && a->rdzv_on && lwsi_rdzv_member(&a->rdzv, r, &m) == 0 && !m.alive &&
+        !a->rs.rejoin_on) {
+      uv_timer_start(&a->rs.rejoin_timer, on_rejoin_timeout, a->cfg->rejoin_timeout_ms, 0);
+      a->rs.rejoin_on = true;
+    }
+    a->rs.ready[r] = 0;
+  }
+  lwsi_log_warn("%s; restarting the group in place under epoch %u (restart %u of at most %u "
+                "within %.3g s; backoff %llu ms)",
+                why, a->rs.epoch, recent + 1, a->cfg->max_restarts,
+                (double)a->cfg->restart_window_ms / 1000.0, (unsigned long long)backoff);
+  uv_timer_start(&a->rs.backoff_timer, on_restart_backoff, backoff, 0);
+  if (group_released(a)) {
+    char data[1200];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, rank, why);
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_RESTART, data) < 0)
+      lwsi_log_debug("cannot tell the group to restart");
+  }
+  restart_enter(a);
+  restart_maybe_ready(a);
+}
+
+/* This member's engine failed (exited on its own: code; or hung: 7).
+ * Returns false when the group does not restart. */
+static bool restart_own_failure(struct lwsi_agent *a, int code, const char *why)
+{
+  if (!restart_policy(a) || (!group_released(a) && a->cfg->size > 1))
+    return false;
+  if (a->rs.active)
+    return false; /* handled by restart_child_exited */
+  a->rs.own_failed = true;
+  a->rs.own_code = code;
+  uint32_t epoch = a->rs.epoch;
+  restart_enter(a);
+  if (restart_decides(a))
+    restart_failure(a, 0, epoch, false, why);
+  else
+    engine_failed_tell(a, why);
+  return true;
+}
+
+/* The engine exited. Returns true when the restart takes it. */
+static bool restart_child_exited(struct lwsi_agent *a, int code, const char *what)
+{
+  if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
+    return false;
+  if (a->rs.active) {
+    lwsi_log_info("the engine of epoch %lld is gone", (long long)a->rs.launched);
+    restart_engine_gone(a);
+    return true;
+  }
+  return restart_own_failure(a, code, what);
+}
+
+/* The engine hung. Returns true when the restart takes it. */
+static bool restart_engine_hung(struct lwsi_agent *a, const char *why)
+{
+  if (!restart_own_failure(a, LWSI_EXIT_HANG, why))
+    return false;
+  lwsi_log_error("%s", why);
+  return true;
+}
+
+/* A stop signal while restarting: nothing is left to drain; the agent
+ * exits as the signal would have ended it once the engine is gone. */
+static bool restart_stop_signal(struct lwsi_agent *a, int sig, const char *name)
+{
+  if (!a->rs.active || a->done || a->stop_exit_code != 0)
+    return false;
+  lwsi_log_info("received %s while restarting; exiting %d", name, 128 + sig);
+  if (a->rs.gpu_free_on && !a->rs.gpu_free.exited)
+    lwsi_gpurun_kill(&a->rs.gpu_free);
+  leave_group(a, name);
+  if (a->sup.child_running) {
+    a->stop_exit_code = 128 + sig;
+    set_phase(a, LWSI_PHASE_STOPPING);
+    return false; /* the stop already under way goes on; a second signal hurries it */
+  }
+  set_phase(a, LWSI_PHASE_STOPPING);
+  finish(a, 128 + sig, NULL);
+  return true;
+}
+
+/* A member was lost after release. Returns true when the restart takes
+ * it (it wins over --on-peer-loss). */
+static bool restart_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev,
+                                const char *why)
+{
+  if (!restart_policy(a))
+    return false;
+  if (ev->rank == 0 && !restart_decides(a)) {
+    /* The leader is gone: no one decides for the group any more. */
+    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+    return true;
+  }
+  if (!restart_decides(a)) {
+    lwsi_log_warn("%s; the leader restarts the group (--on-failure restart)", why);
+    return true;
+  }
+  restart_failure(a, ev->rank, a->rs.epoch, true, why);
+  return true;
+}
+
+/* Leader: a member joined after release, in the place of a lost one: it
+ * learns the current epoch (a restart is under way). */
+static void restart_member_joined(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (!restart_policy(a) || !a->rs.active || !group_released(a))
+    return;
+  lwsi_log_info("rank %lld rejoined (a replacement); it restarts under epoch %u",
+                (long long)ev->rank, a->rs.epoch);
+  char data[1200];
+  restart_epoch_data(data, sizeof(data), a->rs.epoch, ev->rank, "a replacement joined");
+  if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_RESTART, data) < 0)
+    lwsi_log_debug("cannot tell the replacement the epoch");
+}
+
+static int64_t restart_msg_epoch(const cJSON *o)
+{
+  const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "epoch");
+  return cJSON_IsNumber(e) && e->valuedouble >= 0 ? (int64_t)e->valuedouble : -1;
+}
+
+/* engine_failed under --on-failure restart. Returns true when taken. */
+static bool restart_engine_failed_msg(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
+    return false;
+  cJSON *o = cJSON_Parse(ev->data);
+  int64_t epoch = restart_msg_epoch(o);
+  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
+  const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+  int64_t r = cJSON_IsNumber(rank) ? (int64_t)rank->valuedouble : ev->rank;
+  bool final = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "final"));
+  char why[1400];
+  snprintf(why, sizeof(why), "the engine failed on rank %lld: %s", (long long)r,
+           cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+  bool taken = true;
+  if (restart_decides(a)) {
+    if (epoch < 0)
+      epoch = a->rs.epoch;
+    restart_failure(a, r, (uint32_t)epoch, false, why);
+  } else if (final || epoch < 0) {
+    /* The leader gave up: as with --on-failure exit. */
+    if (r == a->cfg->rank && a->rs.own_failed)
+      restart_exit(a, a->rs.own_code, why);
+    else
+      taken = false;
+  }
+  cJSON_Delete(o);
+  return taken;
+}
+
+/* The restart's own messages; true when ev was one. */
+static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  bool restart = strcmp(ev->kind, MSG_RESTART) == 0;
+  bool ready = strcmp(ev->kind, MSG_RESTART_READY) == 0;
+  bool relaunch = strcmp(ev->kind, MSG_RELAUNCH) == 0;
+  if (!restart && !ready && !relaunch)
+    return false;
+  if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
+    return true;
+  cJSON *o = cJSON_Parse(ev->data);
+  int64_t epoch = restart_msg_epoch(o);
+  cJSON_Delete(o);
+  if (epoch < 0)
+    return true;
+  if (ready && restart_decides(a) && ev->rank > 0 && (uint32_t)ev->rank < a->cfg->size) {
+    if (epoch == (int64_t)a->rs.epoch && a->rs.ready != NULL && a->rs.active) {
+      a->rs.ready[ev->rank] = 1;
+      restart_maybe_relaunch(a);
+    }
+  } else if (restart && !restart_decides(a) && ev->rank == 0) {
+    if (epoch > (int64_t)a->rs.epoch) {
+      lwsi_log_warn("the group restarts under epoch %lld", (long long)epoch);
+      a->rs.epoch = (uint32_t)epoch;
+      a->rs.restarts++;
+      restart_enter(a);
+      restart_maybe_ready(a);
+    } else if (epoch == (int64_t)a->rs.epoch && a->rs.active) {
+      restart_maybe_ready(a); /* said again, for a replacement: harmless */
+    }
+  } else if (relaunch && !restart_decides(a) && ev->rank == 0) {
+    if (epoch == (int64_t)a->rs.epoch && a->rs.active && a->rs.gone)
+      restart_relaunch(a);
+  }
+  return true;
+}
+
+/* Launches the engine again under the current epoch, at most once. */
+static void restart_relaunch(struct lwsi_agent *a)
+{
+  if ((int64_t)a->rs.epoch <= a->rs.launched || a->done)
+    return;
+  a->rs.active = false;
+  a->rs.gone = false;
+  a->rs.own_failed = false;
+  if (a->rs.gpu_free_on) {
+    lwsi_gpurun_close(&a->rs.gpu_free);
+    a->rs.gpu_free_on = false;
+  }
+  lwsi_supervisor_rearm(&a->sup);
+  set_phase(a, LWSI_PHASE_CHECKING);
+  launch(a);
+}
+
+/* A worker that joined a group already running is a replacement: it
+ * launches only on the leader's restart and relaunch. */
+static void restart_close(struct lwsi_agent *a)
+{
+  if (a->rs.gpu_free_on)
+    lwsi_gpurun_close(&a->rs.gpu_free);
+  if (a->rs.timers_on) {
+    uv_close((uv_handle_t *)&a->rs.backoff_timer, NULL);
+    uv_close((uv_handle_t *)&a->rs.rejoin_timer, NULL);
+  }
+  free(a->rs.ready);
+  free(a->rs.history);
 }
 
 /* ---- probes and status --------------------------------------------- */
@@ -1614,6 +2189,8 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
   s->group.broken = a->group_broken;
   s->peer_losses = a->peer_losses;
   s->released_at = a->released_at;
+  s->epoch = a->rs.epoch;
+  s->restarts = a->rs.restarts;
   if (a->rdzv_on) {
     s->joined = lwsi_rdzv_joined(&a->rdzv);
     s->alive = members_alive(a);
@@ -1768,6 +2345,8 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   a->cfg = cfg;
   a->envp = envp;
   a->exit_code = 1;
+  a->rs.launched = -1;
+  a->rs.ready_sent = -1;
   int rc = uv_loop_init(&a->loop);
   if (rc < 0) {
     lwsi_log_error("cannot start the event loop: %s", strerror(-rc));
@@ -1801,6 +2380,7 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   free(a->node_failures);
   free(a->member_rows);
   free(a->health_rows);
+  restart_close(a);
   if (a->group_timers_on) {
     uv_close((uv_handle_t *)&a->hang_timer, NULL);
     uv_close((uv_handle_t *)&a->fail_timer, NULL);

@@ -16,6 +16,7 @@ struct lwsi_cmdline_values {
   const char *leader_ip; /* resolved */
   unsigned size;
   unsigned rank;
+  unsigned epoch; /* {epoch}: 0, then +1 at each group restart */
 };
 
 /* Builds the argv to exec (malloc'd; free with lwsi_expand_free): COMMAND

@@ -82,6 +82,11 @@ struct lwsi_config {
   uint64_t hang_timeout_ms; /* --hang-timeout; 0: never */
   enum lwsi_on_failure on_failure;
   uint64_t fail_delay_ms; /* --fail-delay */
+  /* --on-failure restart (contract, "Membership"). */
+  uint32_t max_restarts;        /* --max-restarts */
+  uint64_t restart_window_ms;   /* --restart-window */
+  uint64_t rejoin_timeout_ms;   /* --rejoin-timeout */
+  uint64_t gpu_free_timeout_ms; /* --gpu-free-timeout */
 
   /* Subcommands: status and probe. */
   bool status_json;
