@@ -682,6 +682,9 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
   case LWSI_SUP_REAPED:
     if (a->gpu_on && sup->reaped_pid == a->gpu.pid)
       lwsi_gpurun_reaped(&a->gpu, arg);
+    for (unsigned i = 0; i < 2; i++)
+      if (a->rs.gpu_free_on[i] && sup->reaped_pid == a->rs.gpu_free[i].pid)
+        lwsi_gpurun_reaped(&a->rs.gpu_free[i], arg);
     return;
   }
 }
@@ -1440,6 +1443,7 @@ static void start_resolving(struct lwsi_agent *a)
 #define MSG_RESTART "restart"
 #define MSG_RESTART_READY "restart_ready"
 #define MSG_RELAUNCH "relaunch"
+#define MSG_RESTART_FAILED "restart_failed" /* a worker -> the leader: it cannot restart */
 #define RESTART_BACKOFF_MS 1000u
 #define RESTART_BACKOFF_MAX_MS 60000u
 
@@ -1521,29 +1525,29 @@ static void restart_gone(struct lwsi_agent *a)
 }
 
 static void restart_exit(struct lwsi_agent *a, int code, const char *why);
+static void restart_cannot(struct lwsi_agent *a, const char *why);
 
+/* Acts once the wait's process is gone (GONE, its last event). */
 static void on_gpu_free(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
 {
   struct lwsi_agent *a = r->data;
-  if (a->done || ev == LWSI_GPURUN_ID)
+  if (a->done || ev != LWSI_GPURUN_GONE || r != &a->rs.gpu_free[a->rs.gf])
     return;
-  if (ev == LWSI_GPURUN_RESULT) {
-    if (r->ok) {
-      lwsi_log_info("the GPUs hold no process of the old engine");
-      restart_gone(a);
-    }
+  if (r->have_result && r->ok) {
+    lwsi_log_info("the GPUs hold no process of the old engine (%.0f ms)", r->time_ms);
+    restart_gone(a);
     return;
   }
-  /* GONE: without a good result the GPUs may still hold the old engine's
+  /* Without a good result the GPUs may still hold the old engine's
    * memory; a new engine beside it could not allocate its own. */
-  if (!r->have_result || !r->ok) {
+  {
     char why[800];
     snprintf(why, sizeof(why),
              "the GPUs did not become free of the old engine within %.3g s (--gpu-free-timeout): "
              "%s",
              (double)a->cfg->gpu_free_timeout_ms / 1000.0,
              r->error[0] ? r->error : "the check ended without a result");
-    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+    restart_cannot(a, why);
   }
 }
 
@@ -1556,10 +1560,15 @@ static void restart_engine_gone(struct lwsi_agent *a)
     restart_gone(a);
     return;
   }
-  if (a->rs.gpu_free_on) {
-    lwsi_gpurun_close(&a->rs.gpu_free);
-    a->rs.gpu_free_on = false;
-  }
+  if (a->rs.gpu_free_on[a->rs.gf] && !a->rs.gpu_free[a->rs.gf].gone_sent)
+    return; /* the wait is under way */
+  /* The other of the two was closed a restart ago, at the latest. */
+  a->rs.gf ^= 1;
+  struct lwsi_gpurun *gf = &a->rs.gpu_free[a->rs.gf];
+  if (a->rs.gpu_free_on[a->rs.gf])
+    lwsi_gpurun_close(gf);
+  if (a->rs.gpu_free_on[a->rs.gf ^ 1])
+    lwsi_gpurun_close(&a->rs.gpu_free[a->rs.gf ^ 1]);
   char prog[4200], pids[24], tmo[24], gpus[16];
   check_program(prog, sizeof(prog));
   snprintf(pids, sizeof(pids), "%d", (int)a->rs.old_engine);
@@ -1567,15 +1576,14 @@ static void restart_engine_gone(struct lwsi_agent *a)
   snprintf(gpus, sizeof(gpus), "%u", a->cfg->gpus);
   char *argv[] = {prog, "gpu-free", "--proto", "--pgid", pids, "--gpus", gpus, "--timeout-ms",
                   tmo, NULL};
-  memset(&a->rs.gpu_free, 0, sizeof(a->rs.gpu_free));
-  a->rs.gpu_free.data = a;
-  int rc = lwsi_gpurun_start(&a->rs.gpu_free, &a->loop, argv, a->envp, &a->sup.child_mask,
-                             on_gpu_free);
-  a->rs.gpu_free_on = true;
+  memset(gf, 0, sizeof(*gf));
+  gf->data = a;
+  int rc = lwsi_gpurun_start(gf, &a->loop, argv, a->envp, &a->sup.child_mask, on_gpu_free);
+  a->rs.gpu_free_on[a->rs.gf] = true;
   if (rc < 0) {
     char why[4400];
     snprintf(why, sizeof(why), "cannot run %s to wait for the GPUs: %s", prog, strerror(-rc));
-    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+    restart_cannot(a, why);
     return;
   }
   lwsi_log_info("waiting up to %.3g s for the GPUs to be free of the old engine (pgid %d)",
@@ -1604,7 +1612,7 @@ static void restart_enter(struct lwsi_agent *a)
     }
     return; /* restart_child_exited goes on */
   }
-  if (!a->rs.gone && !a->rs.gpu_free_on)
+  if (!a->rs.gone)
     restart_engine_gone(a);
 }
 
@@ -1613,8 +1621,8 @@ static void restart_exit(struct lwsi_agent *a, int code, const char *why)
 {
   if (a->done)
     return;
-  if (a->rs.gpu_free_on && !a->rs.gpu_free.exited)
-    lwsi_gpurun_kill(&a->rs.gpu_free);
+  if (a->rs.gpu_free_on[a->rs.gf] && !a->rs.gpu_free[a->rs.gf].exited)
+    lwsi_gpurun_kill(&a->rs.gpu_free[a->rs.gf]);
   leave_group(a, "the group cannot restart");
   stop_for_group(a, code, why);
 }
@@ -1661,6 +1669,24 @@ static void restart_give_up(struct lwsi_agent *a, int64_t rank, const char *why)
       lwsi_log_debug("cannot tell the group that it stops");
   }
   restart_exit(a, a->rs.own_failed && rank == 0 ? a->rs.own_code : LWSI_EXIT_PEER, why);
+}
+
+/* This member cannot take part in the restart (its GPUs stay busy): the
+ * leader ends the group, naming it; this member exits with its engine's
+ * status when its engine failed, else 6. */
+static void restart_cannot(struct lwsi_agent *a, const char *why)
+{
+  if (restart_decides(a)) {
+    restart_give_up(a, 0, why);
+    return;
+  }
+  if (group_released(a)) {
+    char data[1200];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, a->cfg->rank, why);
+    if (lwsi_rdzv_app_send(&a->rdzv, MSG_RESTART_FAILED, data) < 0)
+      lwsi_log_debug("cannot tell the leader that the restart failed here");
+  }
+  restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
 }
 
 static void on_rejoin_timeout(uv_timer_t *t)
@@ -1811,8 +1837,8 @@ static bool restart_stop_signal(struct lwsi_agent *a, int sig, const char *name)
   if (!a->rs.active || a->done || a->stop_exit_code != 0)
     return false;
   lwsi_log_info("received %s while restarting; exiting %d", name, 128 + sig);
-  if (a->rs.gpu_free_on && !a->rs.gpu_free.exited)
-    lwsi_gpurun_kill(&a->rs.gpu_free);
+  if (a->rs.gpu_free_on[a->rs.gf] && !a->rs.gpu_free[a->rs.gf].exited)
+    lwsi_gpurun_kill(&a->rs.gpu_free[a->rs.gf]);
   leave_group(a, name);
   if (a->sup.child_running) {
     a->stop_exit_code = 128 + sig;
@@ -1900,12 +1926,22 @@ static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *
   bool restart = strcmp(ev->kind, MSG_RESTART) == 0;
   bool ready = strcmp(ev->kind, MSG_RESTART_READY) == 0;
   bool relaunch = strcmp(ev->kind, MSG_RELAUNCH) == 0;
-  if (!restart && !ready && !relaunch)
+  bool failed = strcmp(ev->kind, MSG_RESTART_FAILED) == 0;
+  if (!restart && !ready && !relaunch && !failed)
     return false;
   if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
     return true;
   cJSON *o = cJSON_Parse(ev->data);
   int64_t epoch = restart_msg_epoch(o);
+  if (failed && restart_decides(a) && ev->rank > 0 && epoch == (int64_t)a->rs.epoch) {
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+    char why[1400];
+    snprintf(why, sizeof(why), "rank %lld cannot restart: %s", (long long)ev->rank,
+             cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+    cJSON_Delete(o);
+    restart_give_up(a, ev->rank, why);
+    return true;
+  }
   cJSON_Delete(o);
   if (epoch < 0)
     return true;
@@ -1939,10 +1975,6 @@ static void restart_relaunch(struct lwsi_agent *a)
   a->rs.active = false;
   a->rs.gone = false;
   a->rs.own_failed = false;
-  if (a->rs.gpu_free_on) {
-    lwsi_gpurun_close(&a->rs.gpu_free);
-    a->rs.gpu_free_on = false;
-  }
   lwsi_supervisor_rearm(&a->sup);
   set_phase(a, LWSI_PHASE_CHECKING);
   launch(a);
@@ -1952,8 +1984,9 @@ static void restart_relaunch(struct lwsi_agent *a)
  * launches only on the leader's restart and relaunch. */
 static void restart_close(struct lwsi_agent *a)
 {
-  if (a->rs.gpu_free_on)
-    lwsi_gpurun_close(&a->rs.gpu_free);
+  for (unsigned i = 0; i < 2; i++)
+    if (a->rs.gpu_free_on[i])
+      lwsi_gpurun_close(&a->rs.gpu_free[i]);
   if (a->rs.timers_on) {
     uv_close((uv_handle_t *)&a->rs.backoff_timer, NULL);
     uv_close((uv_handle_t *)&a->rs.rejoin_timer, NULL);

@@ -128,8 +128,12 @@ struct lwsi_agent {
     bool backoff_over;      /* leader: the backoff before this epoch's launch has passed */
     uv_timer_t backoff_timer, rejoin_timer;
     bool timers_on, rejoin_on;
-    struct lwsi_gpurun gpu_free; /* the wait for the GPUs (lwsinit-gpucheck gpu-free) */
-    bool gpu_free_on;
+    /* The wait for the GPUs (lwsinit-gpucheck gpu-free): two, used in
+     * turn, so that one closed in its own callback is never reused before
+     * libuv has finished closing it. */
+    struct lwsi_gpurun gpu_free[2];
+    bool gpu_free_on[2];
+    unsigned gf;            /* the one in use */
     pid_t old_engine;       /* the old engine's process group, for the GPU wait */
   } rs;
 };

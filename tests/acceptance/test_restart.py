@@ -39,17 +39,33 @@ def launches(t, rank):
         return []
 
 
-def group(t, size, opts=(), healths=None):
-    g = Group(t, size, opts=FAST + list(opts))
+GPUCHECK = os.environ.get("LWSI_GPUCHECK", "")
+FAKEGPU = os.environ.get("LWSI_FAKEGPU") or os.path.normpath(os.path.join(
+    os.path.dirname(GPUCHECK), "..", "tests", "gpu", "libfakegpu.so"))
+
+
+def group(t, size, opts=(), healths=None, gpus=False):
+    g = Group(t, size, opts=FAST + list(opts) + (["--gpus", "2"] if gpus else []))
     for r in range(size):
-        start(t, g, r, healths)
+        start(t, g, r, healths, gpus)
     return g
 
 
-def start(t, g, r, healths=None):
+def gpu_env(t, r):
+    """Fake NVML for rank r: its process list is the file nvml-R."""
+    if not os.path.exists(FAKEGPU) or not os.access(GPUCHECK, os.X_OK):
+        raise lt.Skip("the fake GPU library or the check is not built (%s)" % FAKEGPU)
+    open(t.path("nvml-%d" % r), "a").close()
+    return {"LWSINIT_GPUCHECK": GPUCHECK, "LWSINIT_NVML": FAKEGPU, "FAKEGPU_DEVICES": "2",
+            "FAKEGPU_NVML_PIDS": t.path("nvml-%d" % r)}
+
+
+def start(t, g, r, healths=None, gpus=False):
     up = ["--upstream", healths[r].url()] if healths else ["--upstream", "none"]
-    return g.start(r, leader="127.0.0.1", opts=up, engine=engine(t),
-                   env={"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)})
+    env = {"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)}
+    if gpus:
+        env.update(gpu_env(t, r))
+    return g.start(r, leader="127.0.0.1", opts=up, engine=engine(t), env=env)
 
 
 def wait_epoch(t, g, ranks, epoch, timeout=20):
@@ -225,7 +241,54 @@ def t_worker_replaced(t):
     check_once_per_epoch(t, 3)
 
 
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def t_gpu_wait(t):
+    """--gpus: a member waits until NVML lists no process of its old
+    engine (the fake NVML lists the crashed engine's pid until the test
+    clears it); only then does the group relaunch."""
+    g = group(t, 2, gpus=True)
+    wait_epoch(t, g, range(2), 0)
+    pid = launches(t, 1)[-1][2]
+    with open(t.path("nvml-1"), "w") as f:
+        f.write("1 %d\n" % pid)
+    crash(t, 1)
+    lt.sleep_until(lt.now() + 2.0)
+    t.eq([e for e, _, _ in launches(t, 0)], [0], "nobody relaunched while the GPU is held")
+    t.ok("waiting up to 60 s for the GPUs" in g.agents[1].stderr(), "rank 1 waits for its GPUs")
+    freed = uptime()
+    open(t.path("nvml-1"), "w").close()
+    wait_epoch(t, g, range(2), 1)
+    with open(t.path("launch-0")) as f:
+        at = float(f.read().splitlines()[-1].split()[3])
+    t.ok(at >= freed - 0.02, "the relaunch came after the GPU was free (%.2f >= %.2f)"
+         % (at, freed))
+    check_once_per_epoch(t, 2)
+
+
+def t_gpu_never_free(t):
+    """A member whose GPUs never free up (--gpu-free-timeout 1): the group
+    ends as with exit: that member exits with its engine's status, the
+    leader 6 naming it; nothing left running."""
+    g = group(t, 2, gpus=True, opts=["--gpu-free-timeout", "1"])
+    wait_epoch(t, g, range(2), 0)
+    with open(t.path("nvml-1"), "w") as f:
+        f.write("%d\n" % launches(t, 1)[-1][2])
+    crash(t, 1)
+    t.agent_rc(g.agents[1], 137, timeout=15)
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    err = g.agents[0].stderr()
+    t.ok("rank 1 cannot restart: the GPUs did not become free" in err,
+         "the leader names the member: %r" % err.strip().splitlines()[-1])
+    nothing_left(t, 2)
+
+
 lt.main([
+    ("--gpus: the restart waits for the GPUs to be free", t_gpu_wait),
+    ("GPUs never free (--gpu-free-timeout): exit as with exit", t_gpu_never_free),
     ("a worker's engine crash: the group relaunches under epoch 1", t_worker_crash_restarts),
     ("the leader's engine crash: the same", t_leader_crash_restarts),
     ("a hung engine (--hang-timeout): the group restarts", t_hang_restarts),
