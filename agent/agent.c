@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 static const char *const phase_names[LWSI_PHASE_COUNT] = {
-  "resolving", "joining", "checking", "running", "stopping", "failed",
+  "resolving", "joining", "checking", "running", "restarting", "stopping", "failed",
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p) { return phase_names[p]; }
@@ -60,6 +60,18 @@ static bool phases_finish_hold(struct lwsi_agent *a, int code, const char *why);
 static bool phases_divert(struct lwsi_agent *a);
 static bool phases_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static const char *child_what(const struct lwsi_agent *a);
+
+/* Restart in place (--on-failure restart): its own section below. */
+static bool restart_child_exited(struct lwsi_agent *a, int code, const char *what);
+static bool restart_engine_hung(struct lwsi_agent *a, const char *why);
+static bool restart_stop_signal(struct lwsi_agent *a, int sig, const char *name);
+static bool restart_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev,
+                                const char *why);
+static void restart_member_joined(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static bool restart_engine_failed_msg(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
+static void restart_close(struct lwsi_agent *a);
+static void check_program(char *buf, size_t len);
 
 /* The engine's state, in the one vocabulary that the status document and
  * the heartbeats share (lwsi_status_child_name). */
@@ -208,6 +220,7 @@ static void engine_failed_tell(struct lwsi_agent *a, const char *why)
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "rank", a->cfg->rank);
   cJSON_AddStringToObject(o, "reason", reason);
+  cJSON_AddNumberToObject(o, "epoch", a->rs.epoch);
   if (cJSON_PrintPreallocated(o, data, sizeof(data), 0)) {
     int rc = a->cfg->rank == 0 ? lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, data)
                                : lwsi_rdzv_app_send(&a->rdzv, MSG_ENGINE_FAILED, data);
@@ -223,6 +236,8 @@ static void on_engine_failed(struct lwsi_agent *a, const struct lwsi_rdzv_event 
 {
   if (a->ordered_stop || a->stop_exit_code != 0 || a->done)
     return; /* Stopping already: its own child's status, or the first failure, wins. */
+  if (restart_engine_failed_msg(a, ev))
+    return;
   cJSON *o = cJSON_Parse(ev->data);
   const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
   const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
@@ -376,6 +391,8 @@ static void engine_hung(struct lwsi_agent *a)
            "stuck collective or a GPU fault",
            a->upstream_url, (double)failed_ms / 1000.0, (double)a->cfg->hang_timeout_ms / 1000.0,
            u->last_error);
+  if (restart_engine_hung(a, why))
+    return;
   engine_failed_tell(a, why);
   char bye[96];
   snprintf(bye, sizeof(bye), "the engine on rank %u hung", a->cfg->rank);
@@ -622,14 +639,21 @@ static int mpi_launcher_env(struct lwsi_agent *a, char **env, char ***out, char 
  * itself, or a launch phase's service): the agent's, the group's
  * variables, and the network variables. Free *env with
  * lwsi_launcher_env_free and *full with free(). */
-static int child_env(struct lwsi_agent *a, char ***env, char ***full)
+static int child_env(struct lwsi_agent *a, char ***env, char ***full, char *epoch_kv,
+                     size_t epoch_len)
 {
   const struct lwsi_config *cfg = a->cfg;
   *env = NULL;
   *full = NULL;
+  char **net = NULL;
   int rc = lwsi_launcher_env(a->envp, a->leader_ip, cfg->rank, cfg->size, env);
   if (rc == 0)
-    rc = network_env(a, *env, full);
+    rc = network_env(a, *env, &net);
+  if (rc == 0) {
+    lwsi_text_printf(epoch_kv, epoch_len, "LWSINIT_EPOCH=%u", a->rs.epoch);
+    rc = lwsi_launcher_env_add(net, epoch_kv, full);
+  }
+  free(net);
   return rc;
 }
 
@@ -640,7 +664,8 @@ static void spawn_child(struct lwsi_agent *a, char **argv, const char *missing)
 {
   const struct lwsi_config *cfg = a->cfg;
   char **env = NULL, **full = NULL;
-  int rc = child_env(a, &env, &full);
+  char epoch_kv[32];
+  int rc = child_env(a, &env, &full, epoch_kv, sizeof(epoch_kv));
   if (rc < 0) {
     char why[256];
     lwsi_agent_cmdline_error(why, sizeof(why), rc, "");
@@ -651,14 +676,16 @@ static void spawn_child(struct lwsi_agent *a, char **argv, const char *missing)
   /* Preset mpi: the leader's launcher finds `lwsinit rsh`. */
   char **mpi_env = NULL, *mpi_added = NULL;
   rc = mpi_launcher_env(a, full, &mpi_env, &mpi_added);
+  /* No member launches twice in one epoch (contract, "Membership"). */
+  a->rs.launched = a->rs.epoch;
   if (rc == 0)
     rc = lwsi_supervisor_spawn(&a->sup, argv, mpi_env != NULL ? mpi_env : full);
   free(mpi_env);
   free(mpi_added);
   free(full);
   if (rc == 0) {
-    lwsi_log_info("started %s '%s' as pid %d (rank %u of %u)", child_what(a), argv[0],
-                  (int)a->sup.child, cfg->rank, cfg->size);
+    lwsi_log_info("started %s '%s' as pid %d (rank %u of %u, epoch %u)", child_what(a),
+                  argv[0], (int)a->sup.child, cfg->rank, cfg->size, a->rs.epoch);
     start_upstream(a, argv);
   } else {
     char why[1024];
@@ -680,6 +707,7 @@ static void launch(struct lwsi_agent *a)
   const struct lwsi_cmdline_values vals = {
     .leader = cfg->leader, .leader_ip = a->leader_ip, .size = cfg->size, .rank = cfg->rank,
     .hostfile = a->hostfile[0] != '\0' ? a->hostfile : NULL,
+    .epoch = a->rs.epoch,
   };
   char **argv = NULL;
   char bad[64] = "";
@@ -722,6 +750,8 @@ static void on_child_exited(struct lwsi_agent *a, int status)
   }
   if (ordered_child_exited(a, code))
     return;
+  if (restart_child_exited(a, code, what))
+    return;
   /* An engine that ended on its own is an engine failure for the group
    * (contract, "Membership"): the others learn which rank and why before
    * this member's bye. */
@@ -751,6 +781,8 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
       uv_stop(&a->loop);
       return;
     }
+    if (restart_stop_signal(a, arg, why))
+      return;
     if (ordered_stop_signal(a, arg, why))
       return;
     if (sup->child == 0) {
@@ -797,6 +829,9 @@ static void on_supervisor(struct lwsi_supervisor *sup, enum lwsi_sup_event ev, i
       lwsi_gpurun_reaped(&a->gpu, arg);
     else if (a->rsh_on)
       (void)lwsi_rsh_reaped(&a->rsh, sup->reaped_pid, arg);
+    for (unsigned i = 0; i < 2; i++)
+      if (a->rs.gpu_free_on[i] && sup->reaped_pid == a->rs.gpu_free[i].pid)
+        lwsi_gpurun_reaped(&a->rs.gpu_free[i], arg);
     return;
   }
 }
@@ -918,11 +953,11 @@ static void phases_leader_service(struct lwsi_agent *a)
   const struct lwsi_engine *e = lwsi_engine_get(a->cfg->preset);
   uint16_t port = phases_dist_port(a);
   char **argv = NULL, **env = NULL, **full = NULL;
-  char why[1200];
+  char why[1200], epoch_kv[32];
   phases_enter(a, LWSI_PHASES_SERVICE);
   int rc = lwsi_phases_service_argv(e, true, a->leader_ip, port, &argv);
   if (rc == 0)
-    rc = child_env(a, &env, &full);
+    rc = child_env(a, &env, &full, epoch_kv, sizeof(epoch_kv));
   if (rc == 0) {
     rc = lwsi_phases_spawn(&a->phases, argv, full, &a->sup.child_mask);
     if (rc == 0) {
@@ -1593,6 +1628,8 @@ static void on_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *e
     snprintf(why, sizeof(why), "rank %lld was lost: %s", (long long)ev->rank, ev->reason);
   else
     snprintf(why, sizeof(why), "a member was lost: %s", ev->reason);
+  if (restart_member_lost(a, ev, why))
+    return;
   if (a->cfg->on_peer_loss == LWSI_PEER_LOSS_STAY) {
     snprintf(a->group_broken, sizeof(a->group_broken), "%s", why);
     lwsi_log_warn("%s; the group is unready (--on-peer-loss stay)", why);
@@ -1660,6 +1697,8 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
     else
       lwsi_log_info("joined the leader at %s:%u as rank %u", a->leader_ip, a->cfg->rdzv_port,
                     a->cfg->rank);
+    if (r->leader && r->state == LWSI_RDZV_RELEASED)
+      restart_member_joined(a, ev);
     return;
   case LWSI_RDZV_EV_WAITING:
     lwsi_log_debug("the leader is %s", ev->reason);
@@ -1704,7 +1743,7 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
   case LWSI_RDZV_EV_APP:
     if (a->rsh_on && lwsi_rsh_message(&a->rsh, ev))
       return;
-    if (!node_message(a, ev) && !phases_message(a, ev)) {
+    if (!node_message(a, ev) && !phases_message(a, ev) && !restart_message(a, ev)) {
       on_check_message(a, ev);
       on_group_message(a, ev);
     }
@@ -1739,6 +1778,7 @@ static void start_rdzv(struct lwsi_agent *a)
     .rdzv_timeout_ms = cfg->rdzv_timeout_ms,
     .heartbeat_ms = cfg->heartbeat_ms,
     .peer_timeout_ms = cfg->peer_timeout_ms,
+    .admit_replacements = cfg->on_failure == LWSI_ON_FAILURE_RESTART,
   };
   char why[400];
   struct lwsi_launchck_cmd cmd;
@@ -1887,6 +1927,576 @@ static void start_resolving(struct lwsi_agent *a)
              strerror(-rc));
     finish(a, LWSI_EXIT_DNS, why);
   }
+}
+
+/* ---- restart in place (contract, "Membership": --on-failure restart) -- */
+
+/* The group restarts under the next epoch instead of exiting. The leader
+ * decides; its messages after release (docs/protocol.md, "Epochs"):
+ *   restart        leader -> workers: stop the engine, the group restarts
+ *                  under {"epoch":E}; a replacement of a lost member gets
+ *                  it again when it joins;
+ *   restart_ready  a worker -> the leader: its engine of the old epoch is
+ *                  gone and its GPUs are free, {"epoch":E};
+ *   relaunch       leader -> workers: every member is ready and the backoff
+ *                  has passed: launch under {"epoch":E}.
+ * A message of an older epoch is ignored, and no member launches twice in
+ * one epoch (rs.launched). The failure that exceeds --max-restarts within
+ * --restart-window ends the group as --on-failure exit does:
+ * engine_failed with "final":true. */
+#define MSG_RESTART "restart"
+#define MSG_RESTART_READY "restart_ready"
+#define MSG_RELAUNCH "relaunch"
+#define MSG_RESTART_FAILED "restart_failed" /* a worker -> the leader: it cannot restart */
+#define RESTART_BACKOFF_MS 1000u
+#define RESTART_BACKOFF_MAX_MS 60000u
+
+static bool restart_policy(const struct lwsi_agent *a)
+{
+  return a->cfg->on_failure == LWSI_ON_FAILURE_RESTART && !a->done && !a->ordered_stop &&
+         a->stop_exit_code == 0 && !a->fail_delay_on;
+}
+
+/* Whether this agent decides for the group: the leader, or an agent alone. */
+static bool restart_decides(const struct lwsi_agent *a)
+{
+  return a->cfg->rank == 0;
+}
+
+static void restart_relaunch(struct lwsi_agent *a);
+
+static void restart_epoch_data(char *buf, size_t len, uint32_t epoch, int64_t rank,
+                               const char *reason)
+{
+  char r[600];
+  lwsi_text_copy(r, sizeof(r), reason != NULL ? reason : "");
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "epoch", epoch);
+  if (rank >= 0)
+    cJSON_AddNumberToObject(o, "rank", (double)rank);
+  if (reason != NULL)
+    cJSON_AddStringToObject(o, "reason", r);
+  if (!cJSON_PrintPreallocated(o, buf, (int)len, 0))
+    snprintf(buf, len, "{\"epoch\":%u}", epoch);
+  cJSON_Delete(o);
+}
+
+/* Leader: every member is ready for the epoch and the backoff is over. */
+static void restart_maybe_relaunch(struct lwsi_agent *a)
+{
+  if (!a->rs.active || !a->rs.backoff_over || a->rs.ready == NULL || a->done)
+    return;
+  for (uint32_t r = 0; r < a->cfg->size; r++)
+    if (!a->rs.ready[r])
+      return;
+  if (a->rs.rejoin_on)
+    uv_timer_stop(&a->rs.rejoin_timer);
+  if (group_released(a)) {
+    char data[64];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, -1, NULL);
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_RELAUNCH, data) < 0)
+      lwsi_log_debug("cannot tell the group to relaunch");
+  }
+  lwsi_log_info("the group re-formed under epoch %u; relaunching", a->rs.epoch);
+  restart_relaunch(a);
+}
+
+/* This member's engine of the old epoch is gone and its GPUs are free:
+ * ready for the epoch, once the leader has named it. */
+static void restart_maybe_ready(struct lwsi_agent *a)
+{
+  if (!a->rs.active || !a->rs.gone || (int64_t)a->rs.epoch <= a->rs.launched || a->done)
+    return;
+  if (restart_decides(a)) {
+    if (a->rs.ready != NULL)
+      a->rs.ready[0] = 1;
+    restart_maybe_relaunch(a);
+    return;
+  }
+  if (a->rs.ready_sent == (int64_t)a->rs.epoch)
+    return;
+  char data[64];
+  restart_epoch_data(data, sizeof(data), a->rs.epoch, -1, NULL);
+  if (lwsi_rdzv_app_send(&a->rdzv, MSG_RESTART_READY, data) == 0)
+    a->rs.ready_sent = a->rs.epoch;
+  lwsi_log_info("ready for epoch %u: the old engine is gone", a->rs.epoch);
+}
+
+static void restart_gone(struct lwsi_agent *a)
+{
+  a->rs.gone = true;
+  restart_maybe_ready(a);
+}
+
+static void restart_exit(struct lwsi_agent *a, int code, const char *why);
+static void restart_cannot(struct lwsi_agent *a, const char *why);
+
+/* Acts once the wait's process is gone (GONE, its last event). */
+static void on_gpu_free(struct lwsi_gpurun *r, enum lwsi_gpurun_ev ev)
+{
+  struct lwsi_agent *a = r->data;
+  if (a->done || ev != LWSI_GPURUN_GONE || r != &a->rs.gpu_free[a->rs.gf])
+    return;
+  if (r->have_result && r->ok) {
+    lwsi_log_info("the GPUs hold no process of the old engine (%.0f ms)", r->time_ms);
+    restart_gone(a);
+    return;
+  }
+  /* Without a good result the GPUs may still hold the old engine's
+   * memory; a new engine beside it could not allocate its own. */
+  {
+    char why[800];
+    snprintf(why, sizeof(why),
+             "the GPUs did not become free of the old engine within %.3g s (--gpu-free-timeout): "
+             "%s",
+             (double)a->cfg->gpu_free_timeout_ms / 1000.0,
+             r->error[0] ? r->error : "the check ended without a result");
+    restart_cannot(a, why);
+  }
+}
+
+/* The old engine exited: wait until its GPUs hold none of its processes
+ * (NVML's list, in the separate check program), then report ready. With
+ * no --gpus there is nothing to wait for. */
+static void restart_engine_gone(struct lwsi_agent *a)
+{
+  if (a->cfg->gpus == 0 || a->rs.old_engine <= 0) {
+    restart_gone(a);
+    return;
+  }
+  if (a->rs.gpu_free_on[a->rs.gf] && !a->rs.gpu_free[a->rs.gf].gone_sent)
+    return; /* the wait is under way */
+  /* The other of the two was closed a restart ago, at the latest. */
+  a->rs.gf ^= 1;
+  struct lwsi_gpurun *gf = &a->rs.gpu_free[a->rs.gf];
+  if (a->rs.gpu_free_on[a->rs.gf])
+    lwsi_gpurun_close(gf);
+  if (a->rs.gpu_free_on[a->rs.gf ^ 1])
+    lwsi_gpurun_close(&a->rs.gpu_free[a->rs.gf ^ 1]);
+  char prog[4200], pids[24], tmo[24], gpus[16];
+  check_program(prog, sizeof(prog));
+  snprintf(pids, sizeof(pids), "%d", (int)a->rs.old_engine);
+  snprintf(tmo, sizeof(tmo), "%llu", (unsigned long long)a->cfg->gpu_free_timeout_ms);
+  snprintf(gpus, sizeof(gpus), "%u", a->cfg->gpus);
+  char *argv[] = {prog, "gpu-free", "--proto", "--pgid", pids, "--gpus", gpus, "--timeout-ms",
+                  tmo, NULL};
+  memset(gf, 0, sizeof(*gf));
+  gf->data = a;
+  int rc = lwsi_gpurun_start(gf, &a->loop, argv, a->envp, &a->sup.child_mask, on_gpu_free);
+  a->rs.gpu_free_on[a->rs.gf] = true;
+  if (rc < 0) {
+    char why[4400];
+    snprintf(why, sizeof(why), "cannot run %s to wait for the GPUs: %s", prog, strerror(-rc));
+    restart_cannot(a, why);
+    return;
+  }
+  lwsi_log_info("waiting up to %.3g s for the GPUs to be free of the old engine (pgid %d)",
+                (double)a->cfg->gpu_free_timeout_ms / 1000.0, (int)a->rs.old_engine);
+}
+
+/* Enters `restarting`: the engine stops (SIGTERM, --grace, SIGKILL of its
+ * process group), its health stops being polled. */
+static void restart_enter(struct lwsi_agent *a)
+{
+  if (!a->rs.active) {
+    a->rs.active = true;
+    a->rs.gone = false;
+    set_phase(a, LWSI_PHASE_RESTARTING);
+    if (a->group_timers_on)
+      uv_timer_stop(&a->hang_timer);
+    lwsi_upstream_close(&a->upstream);
+    a->upstream_on = false;
+    a->rs.old_engine = a->sup.child;
+  }
+  if (a->sup.child_running) {
+    if (!a->sup.stopping) {
+      lwsi_log_info("stopping the engine for the restart (grace %llu ms)",
+                    (unsigned long long)a->cfg->grace_ms);
+      lwsi_supervisor_stop(&a->sup, SIGTERM, false);
+    }
+    return; /* restart_child_exited goes on */
+  }
+  if (!a->rs.gone)
+    restart_engine_gone(a);
+}
+
+/* Ends the agent for good: the restart cannot go on. */
+static void restart_exit(struct lwsi_agent *a, int code, const char *why)
+{
+  if (a->done)
+    return;
+  if (a->rs.gpu_free_on[a->rs.gf] && !a->rs.gpu_free[a->rs.gf].exited)
+    lwsi_gpurun_kill(&a->rs.gpu_free[a->rs.gf]);
+  leave_group(a, "the group cannot restart");
+  stop_for_group(a, code, why);
+}
+
+static void on_restart_backoff(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  a->rs.backoff_over = true;
+  restart_maybe_relaunch(a);
+}
+
+static void on_rejoin_timeout(uv_timer_t *t);
+
+static int restart_timers(struct lwsi_agent *a)
+{
+  if (a->rs.timers_on)
+    return 0;
+  a->rs.ready = calloc(a->cfg->size, 1);
+  a->rs.history = calloc(a->cfg->max_restarts + 1, sizeof(*a->rs.history));
+  if (a->rs.ready == NULL || a->rs.history == NULL)
+    return -ENOMEM;
+  uv_timer_init(&a->loop, &a->rs.backoff_timer);
+  uv_timer_init(&a->loop, &a->rs.rejoin_timer);
+  a->rs.backoff_timer.data = a;
+  a->rs.rejoin_timer.data = a;
+  a->rs.timers_on = true;
+  return 0;
+}
+
+/* Leader: the group gives up (the budget is spent, or a lost member was
+ * not replaced in time): the others learn which rank and why, as with
+ * --on-failure exit, and exit 6; a member whose own engine failed exits
+ * with its status. */
+static void restart_give_up(struct lwsi_agent *a, int64_t rank, const char *why)
+{
+  if (group_released(a)) {
+    char data[1200];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, rank, why);
+    /* "final": a worker under --on-failure restart exits on it. */
+    size_t n = strlen(data);
+    if (n > 0 && n + 16 < sizeof(data) && data[n - 1] == '}')
+      snprintf(data + n - 1, sizeof(data) - n + 1, ",\"final\":true}");
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, data) < 0)
+      lwsi_log_debug("cannot tell the group that it stops");
+  }
+  restart_exit(a, a->rs.own_failed && rank == 0 ? a->rs.own_code : LWSI_EXIT_PEER, why);
+}
+
+/* This member cannot take part in the restart (its GPUs stay busy): the
+ * leader ends the group, naming it; this member exits with its engine's
+ * status when its engine failed, else 6. */
+static void restart_cannot(struct lwsi_agent *a, const char *why)
+{
+  if (restart_decides(a)) {
+    restart_give_up(a, 0, why);
+    return;
+  }
+  if (group_released(a)) {
+    char data[1200];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, a->cfg->rank, why);
+    if (lwsi_rdzv_app_send(&a->rdzv, MSG_RESTART_FAILED, data) < 0)
+      lwsi_log_debug("cannot tell the leader that the restart failed here");
+  }
+  restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+}
+
+static void on_rejoin_timeout(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  char why[300];
+  int64_t lost = -1;
+  for (uint32_t r = 1; r < a->cfg->size && lost < 0; r++) {
+    struct lwsi_rdzv_member m;
+    if (a->rs.ready != NULL && !a->rs.ready[r] && lwsi_rdzv_member(&a->rdzv, r, &m) == 0 &&
+        !m.alive)
+      lost = r;
+  }
+  snprintf(why, sizeof(why),
+           "rank %lld was lost and no replacement joined within %.3g s (--rejoin-timeout)",
+           (long long)lost, (double)a->cfg->rejoin_timeout_ms / 1000.0);
+  restart_give_up(a, lost, why);
+}
+
+/* Leader: counts the restarts that began within --restart-window. */
+static uint32_t restart_recent(struct lwsi_agent *a, uint64_t now)
+{
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < a->rs.nhistory; i++)
+    if (now - a->rs.history[i] < a->cfg->restart_window_ms)
+      a->rs.history[kept++] = a->rs.history[i];
+  a->rs.nhistory = kept;
+  return kept;
+}
+
+/* Leader: the group restarts because of rank's failure in epoch, or gives
+ * up. lost: rank's agent is gone, and its replacement must join. */
+static void restart_failure(struct lwsi_agent *a, int64_t rank, uint32_t epoch, bool lost,
+                            const char *why)
+{
+  if (a->done)
+    return;
+  if (restart_timers(a) < 0) {
+    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER,
+                 "cannot restart the group: out of memory");
+    return;
+  }
+  if (lost && rank > 0 && (uint32_t)rank < a->cfg->size) {
+    a->rs.ready[rank] = 0;
+    if (!uv_is_active((uv_handle_t *)&a->rs.rejoin_timer)) {
+      uv_timer_start(&a->rs.rejoin_timer, on_rejoin_timeout, a->cfg->rejoin_timeout_ms, 0);
+      a->rs.rejoin_on = true;
+    }
+  }
+  if (epoch < a->rs.epoch || (a->rs.active && (int64_t)a->rs.epoch > a->rs.launched)) {
+    /* A failure of an older epoch, or one while the group restarts already:
+     * the restart under way covers it (a lost member waits for its
+     * replacement above). */
+    lwsi_log_info("rank %lld failed (%s) while the group restarts under epoch %u", (long long)rank,
+                  why, a->rs.epoch);
+    return;
+  }
+  uint64_t now = uv_now(&a->loop);
+  uint32_t recent = restart_recent(a, now);
+  if (recent >= a->cfg->max_restarts) {
+    char full[1600];
+    snprintf(full, sizeof(full),
+             "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
+             "--restart-window): giving up",
+             why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
+             a->cfg->max_restarts);
+    restart_give_up(a, rank, full);
+    return;
+  }
+  a->rs.history[a->rs.nhistory++] = now;
+  uint64_t backoff = RESTART_BACKOFF_MS;
+  for (uint32_t i = 0; i < recent && backoff < RESTART_BACKOFF_MAX_MS; i++)
+    backoff *= 2;
+  if (backoff > RESTART_BACKOFF_MAX_MS)
+    backoff = RESTART_BACKOFF_MAX_MS;
+  a->rs.epoch++;
+  a->rs.restarts++;
+  a->rs.backoff_over = false;
+  for (uint32_t r = 0; r < a->cfg->size; r++) {
+    struct lwsi_rdzv_member m;
+    if (r > 0 && a->rdzv_on && lwsi_rdzv_member(&a->rdzv, r, &m) == 0 && !m.alive &&
+        !a->rs.rejoin_on) {
+      uv_timer_start(&a->rs.rejoin_timer, on_rejoin_timeout, a->cfg->rejoin_timeout_ms, 0);
+      a->rs.rejoin_on = true;
+    }
+    a->rs.ready[r] = 0;
+  }
+  lwsi_log_warn("%s; restarting the group in place under epoch %u (restart %u of at most %u "
+                "within %.3g s; backoff %llu ms)",
+                why, a->rs.epoch, recent + 1, a->cfg->max_restarts,
+                (double)a->cfg->restart_window_ms / 1000.0, (unsigned long long)backoff);
+  uv_timer_start(&a->rs.backoff_timer, on_restart_backoff, backoff, 0);
+  if (group_released(a)) {
+    char data[1200];
+    restart_epoch_data(data, sizeof(data), a->rs.epoch, rank, why);
+    if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_RESTART, data) < 0)
+      lwsi_log_debug("cannot tell the group to restart");
+  }
+  restart_enter(a);
+  restart_maybe_ready(a);
+}
+
+/* This member's engine failed (exited on its own: code; or hung: 7).
+ * Returns false when the group does not restart. */
+static bool restart_own_failure(struct lwsi_agent *a, int code, const char *why)
+{
+  if (!restart_policy(a) || (!group_released(a) && a->cfg->size > 1))
+    return false;
+  if (a->rs.active)
+    return false; /* handled by restart_child_exited */
+  a->rs.own_failed = true;
+  a->rs.own_code = code;
+  uint32_t epoch = a->rs.epoch;
+  restart_enter(a);
+  if (restart_decides(a))
+    restart_failure(a, 0, epoch, false, why);
+  else
+    engine_failed_tell(a, why);
+  return true;
+}
+
+/* The engine exited. Returns true when the restart takes it. */
+static bool restart_child_exited(struct lwsi_agent *a, int code, const char *what)
+{
+  if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
+    return false;
+  if (a->rs.active) {
+    lwsi_log_info("the engine of epoch %lld is gone", (long long)a->rs.launched);
+    restart_engine_gone(a);
+    return true;
+  }
+  return restart_own_failure(a, code, what);
+}
+
+/* The engine hung. Returns true when the restart takes it. */
+static bool restart_engine_hung(struct lwsi_agent *a, const char *why)
+{
+  if (!restart_own_failure(a, LWSI_EXIT_HANG, why))
+    return false;
+  lwsi_log_error("%s", why);
+  return true;
+}
+
+/* A stop signal while restarting: nothing is left to drain; the agent
+ * exits as the signal would have ended it once the engine is gone. */
+static bool restart_stop_signal(struct lwsi_agent *a, int sig, const char *name)
+{
+  if (!a->rs.active || a->done || a->stop_exit_code != 0)
+    return false;
+  lwsi_log_info("received %s while restarting; exiting %d", name, 128 + sig);
+  if (a->rs.gpu_free_on[a->rs.gf] && !a->rs.gpu_free[a->rs.gf].exited)
+    lwsi_gpurun_kill(&a->rs.gpu_free[a->rs.gf]);
+  leave_group(a, name);
+  if (a->sup.child_running) {
+    a->stop_exit_code = 128 + sig;
+    set_phase(a, LWSI_PHASE_STOPPING);
+    return false; /* the stop already under way goes on; a second signal hurries it */
+  }
+  set_phase(a, LWSI_PHASE_STOPPING);
+  finish(a, 128 + sig, NULL);
+  return true;
+}
+
+/* A member was lost after release. Returns true when the restart takes
+ * it (it wins over --on-peer-loss). */
+static bool restart_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev,
+                                const char *why)
+{
+  if (!restart_policy(a))
+    return false;
+  if (ev->rank == 0 && !restart_decides(a)) {
+    /* The leader is gone: no one decides for the group any more. */
+    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+    return true;
+  }
+  if (!restart_decides(a)) {
+    lwsi_log_warn("%s; the leader restarts the group (--on-failure restart)", why);
+    return true;
+  }
+  restart_failure(a, ev->rank, a->rs.epoch, true, why);
+  return true;
+}
+
+/* Leader: a member joined after release, in the place of a lost one: it
+ * learns the current epoch (a restart is under way). */
+static void restart_member_joined(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (!restart_policy(a) || !a->rs.active || !group_released(a))
+    return;
+  lwsi_log_info("rank %lld rejoined (a replacement); it restarts under epoch %u",
+                (long long)ev->rank, a->rs.epoch);
+  char data[1200];
+  restart_epoch_data(data, sizeof(data), a->rs.epoch, ev->rank, "a replacement joined");
+  if (lwsi_rdzv_app_broadcast(&a->rdzv, MSG_RESTART, data) < 0)
+    lwsi_log_debug("cannot tell the replacement the epoch");
+}
+
+static int64_t restart_msg_epoch(const cJSON *o)
+{
+  const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "epoch");
+  return cJSON_IsNumber(e) && e->valuedouble >= 0 ? (int64_t)e->valuedouble : -1;
+}
+
+/* engine_failed under --on-failure restart. Returns true when taken. */
+static bool restart_engine_failed_msg(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
+    return false;
+  cJSON *o = cJSON_Parse(ev->data);
+  int64_t epoch = restart_msg_epoch(o);
+  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
+  const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+  int64_t r = cJSON_IsNumber(rank) ? (int64_t)rank->valuedouble : ev->rank;
+  bool final = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "final"));
+  char why[1400];
+  snprintf(why, sizeof(why), "the engine failed on rank %lld: %s", (long long)r,
+           cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+  bool taken = true;
+  if (restart_decides(a)) {
+    if (epoch < 0)
+      epoch = a->rs.epoch;
+    restart_failure(a, r, (uint32_t)epoch, false, why);
+  } else if (final || epoch < 0) {
+    /* The leader gave up: as with --on-failure exit. */
+    if (r == a->cfg->rank && a->rs.own_failed)
+      restart_exit(a, a->rs.own_code, why);
+    else
+      taken = false;
+  }
+  cJSON_Delete(o);
+  return taken;
+}
+
+/* The restart's own messages; true when ev was one. */
+static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
+{
+  bool restart = strcmp(ev->kind, MSG_RESTART) == 0;
+  bool ready = strcmp(ev->kind, MSG_RESTART_READY) == 0;
+  bool relaunch = strcmp(ev->kind, MSG_RELAUNCH) == 0;
+  bool failed = strcmp(ev->kind, MSG_RESTART_FAILED) == 0;
+  if (!restart && !ready && !relaunch && !failed)
+    return false;
+  if (a->cfg->on_failure != LWSI_ON_FAILURE_RESTART || a->done)
+    return true;
+  cJSON *o = cJSON_Parse(ev->data);
+  int64_t epoch = restart_msg_epoch(o);
+  if (failed && restart_decides(a) && ev->rank > 0 && epoch == (int64_t)a->rs.epoch) {
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+    char why[1400];
+    snprintf(why, sizeof(why), "rank %lld cannot restart: %s", (long long)ev->rank,
+             cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+    cJSON_Delete(o);
+    restart_give_up(a, ev->rank, why);
+    return true;
+  }
+  cJSON_Delete(o);
+  if (epoch < 0)
+    return true;
+  if (ready && restart_decides(a) && ev->rank > 0 && (uint32_t)ev->rank < a->cfg->size) {
+    if (epoch == (int64_t)a->rs.epoch && a->rs.ready != NULL && a->rs.active) {
+      a->rs.ready[ev->rank] = 1;
+      restart_maybe_relaunch(a);
+    }
+  } else if (restart && !restart_decides(a) && ev->rank == 0) {
+    if (epoch > (int64_t)a->rs.epoch) {
+      lwsi_log_warn("the group restarts under epoch %lld", (long long)epoch);
+      a->rs.epoch = (uint32_t)epoch;
+      a->rs.restarts++;
+      restart_enter(a);
+      restart_maybe_ready(a);
+    } else if (epoch == (int64_t)a->rs.epoch && a->rs.active) {
+      restart_maybe_ready(a); /* said again, for a replacement: harmless */
+    }
+  } else if (relaunch && !restart_decides(a) && ev->rank == 0) {
+    if (epoch == (int64_t)a->rs.epoch && a->rs.active && a->rs.gone)
+      restart_relaunch(a);
+  }
+  return true;
+}
+
+/* Launches the engine again under the current epoch, at most once. */
+static void restart_relaunch(struct lwsi_agent *a)
+{
+  if ((int64_t)a->rs.epoch <= a->rs.launched || a->done)
+    return;
+  a->rs.active = false;
+  a->rs.gone = false;
+  a->rs.own_failed = false;
+  lwsi_supervisor_rearm(&a->sup);
+  set_phase(a, LWSI_PHASE_CHECKING);
+  launch(a);
+}
+
+/* A worker that joined a group already running is a replacement: it
+ * launches only on the leader's restart and relaunch. */
+static void restart_close(struct lwsi_agent *a)
+{
+  for (unsigned i = 0; i < 2; i++)
+    if (a->rs.gpu_free_on[i])
+      lwsi_gpurun_close(&a->rs.gpu_free[i]);
+  if (a->rs.timers_on) {
+    uv_close((uv_handle_t *)&a->rs.backoff_timer, NULL);
+    uv_close((uv_handle_t *)&a->rs.rejoin_timer, NULL);
+  }
+  free(a->rs.ready);
+  free(a->rs.history);
 }
 
 /* ---- probes and status --------------------------------------------- */
@@ -2116,6 +2726,8 @@ static void status_snapshot(struct lwsi_agent *a, struct lwsi_status_snapshot *s
   s->group.broken = a->group_broken;
   s->peer_losses = a->peer_losses;
   s->released_at = a->released_at;
+  s->epoch = a->rs.epoch;
+  s->restarts = a->rs.restarts;
   if (a->rdzv_on) {
     s->joined = lwsi_rdzv_joined(&a->rdzv);
     s->alive = members_alive(a);
@@ -2275,6 +2887,8 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   a->cfg = cfg;
   a->envp = envp;
   a->exit_code = 1;
+  a->rs.launched = -1;
+  a->rs.ready_sent = -1;
   int rc = uv_loop_init(&a->loop);
   if (rc < 0) {
     lwsi_log_error("cannot start the event loop: %s", strerror(-rc));
@@ -2312,6 +2926,7 @@ int lwsi_agent_run(struct lwsi_agent *a, const struct lwsi_config *cfg, char **e
   free(a->node_failures);
   free(a->member_rows);
   free(a->health_rows);
+  restart_close(a);
   if (a->group_timers_on) {
     uv_close((uv_handle_t *)&a->hang_timer, NULL);
     uv_close((uv_handle_t *)&a->fail_timer, NULL);

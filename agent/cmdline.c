@@ -19,12 +19,13 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
   if (e == NULL)
     return -EINVAL;
-  char size[16], rank[16], dport[8], dp_size[24], dp_local[16], dp_start[24];
+  char size[16], rank[16], epoch[16], dport[8], dp_size[24], dp_local[16], dp_start[24];
   uint16_t dp;
   bool has_dp = lwsi_config_dist_port(cfg, &dp);
   unsigned local = lwsi_engine_dp_local(e, cfg->dp_local, cfg->argv);
   snprintf(size, sizeof(size), "%u", v->size);
   snprintf(rank, sizeof(rank), "%u", v->rank);
+  snprintf(epoch, sizeof(epoch), "%u", v->epoch);
   snprintf(dport, sizeof(dport), "%u", has_dp ? dp : 0);
   snprintf(dp_size, sizeof(dp_size), "%llu", (unsigned long long)local * v->size);
   snprintf(dp_local, sizeof(dp_local), "%u", local);
@@ -45,12 +46,12 @@ int lwsi_cmdline_build(const struct lwsi_config *cfg, const struct lwsi_cmdline_
   const struct lwsi_expand_var user_vars[] = {
     {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"leader_ip:", host},
     {"size", size}, {"rank", rank}, {"dist_port", has_dp ? dport : NULL},
-    {"hostfile", v->hostfile},
+    {"hostfile", v->hostfile}, {"epoch", epoch},
   };
   const struct lwsi_expand_var preset_vars[] = {
     {"leader", v->leader}, {"leader_ip", v->leader_ip}, {"leader_ip:", host},
     {"size", size}, {"rank", rank}, {"dist_port", dport}, {"dp_size", dp_size},
-    {"dp_local", dp_local}, {"dp_start", dp_start},
+    {"dp_local", dp_local}, {"dp_start", dp_start}, {"epoch", epoch},
   };
 
   /* The engine's flags on every rank, then its workers' own. */

@@ -68,7 +68,7 @@ enum {
   O_GRACE, O_DRAIN_DELAY, O_GPU_CHECK, O_GPUS, O_GPU_CHECK_TIMEOUT, O_GPU_CHECK_BYTES,
   O_GPU_MIN_BUSBW, O_NODE_CHECK, O_NETWORK_ENV, O_TOKEN_FILE, O_REVISION, O_TERMINATION_LOG,
   O_LOG_FORMAT, O_LOG_LEVEL, O_LAUNCH_CHECK, O_HANG_TIMEOUT, O_ON_FAILURE, O_FAIL_DELAY,
-  O_PHASE_TIMEOUT,
+  O_PHASE_TIMEOUT, O_MAX_RESTARTS, O_RESTART_WINDOW, O_REJOIN_TIMEOUT, O_GPU_FREE_TIMEOUT,
   O_COUNT
 };
 
@@ -158,6 +158,15 @@ static const struct opt opts[O_COUNT] = {
   [O_PHASE_TIMEOUT] = {"phase-timeout", "SEC", T_SEC, F(phase_timeout_ms), 1, DAY_MS, NULL,
                        "300", NULL,
                        "vllm-ray, sglang-ray: how long each launch phase may take (exit 4)"},
+  [O_MAX_RESTARTS] = {"max-restarts", "N", T_UINT, F(max_restarts), 0, 1000000, NULL, "3", NULL,
+                      "restart: at most N group restarts within --restart-window"},
+  [O_RESTART_WINDOW] = {"restart-window", "SEC", T_SEC, F(restart_window_ms), 1, DAY_MS, NULL,
+                        "600", NULL, "restart: the window --max-restarts counts in"},
+  [O_REJOIN_TIMEOUT] = {"rejoin-timeout", "SEC", T_SEC, F(rejoin_timeout_ms), 1, DAY_MS, NULL,
+                        "120", NULL, "restart: how long to wait for a lost member's replacement"},
+  [O_GPU_FREE_TIMEOUT] = {"gpu-free-timeout", "SEC", T_SEC, F(gpu_free_timeout_ms), 1, DAY_MS,
+                          NULL, "60", NULL,
+                          "restart: how long to wait for the GPUs to be free of the old engine"},
 };
 
 /* Where an option's winning text came from. */
@@ -512,9 +521,10 @@ void lwsi_config_usage(int fd)
   dprintf(fd, "  %-36s %s\n", "-h, --help", "print this help and exit");
   dprintf(fd, "  %-36s %s\n", "--version", "print the version and exit");
   dprintf(fd,
-          "\nPlaceholders in COMMAND: {leader} {leader_ip} {size} {rank} {dist_port};\n"
+          "\nPlaceholders in COMMAND: {leader} {leader_ip} {size} {rank} {dist_port} {epoch};\n"
           "{{name}} is a literal {name}. Exit codes: the child's; 2 usage; 3 DNS;\n"
-          "4 rendezvous; 5 GPU check; 6 member lost; 126/127 COMMAND not runnable.\n");
+          "4 rendezvous; 5 GPU check; 6 member lost or engine failed elsewhere;\n"
+          "7 engine hung; 126/127 COMMAND not runnable.\n");
 }
 
 static int parse_subcommand_status(struct lwsi_config *cfg, int argc, char **argv, char *err,
@@ -680,7 +690,7 @@ static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
   bool has_dport = lwsi_config_dist_port(cfg, &dport);
   const struct lwsi_expand_var vars[] = {
     {"leader", ""}, {"leader_ip", ""}, {"size", ""}, {"rank", ""},
-    {"dist_port", has_dport ? "" : NULL}, {"hostfile", mpi ? "" : NULL},
+    {"dist_port", has_dport ? "" : NULL}, {"hostfile", mpi ? "" : NULL}, {"epoch", ""},
   };
   const struct lwsi_engine *e = lwsi_engine_get(cfg->preset);
   if (e->dp_local_flag != NULL && lwsi_engine_dp_local(e, cfg->dp_local, cfg->argv) == 0)
@@ -702,8 +712,8 @@ static int check_command(struct lwsi_config *cfg, char *err, size_t errlen)
     if (rc == -ENOENT)
       return fail(err, errlen,
                   "COMMAND argument %d ('%s'): unknown placeholder {%s}: expected {leader}, "
-                  "{leader_ip}, {size}, {rank}, {dist_port} or {hostfile}; write {{%s}} for a "
-                  "literal", i, cfg->argv[i], bad, bad);
+                  "{leader_ip}, {size}, {rank}, {dist_port}, {epoch} or {hostfile}; write {{%s}} "
+                  "for a literal", i, cfg->argv[i], bad, bad);
     if (rc == -ENODATA && strcmp(bad, "hostfile") == 0)
       return fail(err, errlen, "COMMAND argument %d ('%s'): {hostfile} needs --preset mpi", i,
                   cfg->argv[i]);
@@ -730,12 +740,6 @@ static int check_cross(struct lwsi_config *cfg, const struct source *src, char *
   if (cfg->gpu_check == LWSI_GPU_CHECK_NCCL && cfg->gpus == 0 && cfg->size > 1)
     return fail(err, errlen, "%s: 'nccl' in a group needs --gpus N (the GPUs on each node)",
                 src[O_GPU_CHECK].label);
-  /* Restarting the group in place needs the group to form again under a
-   * new epoch, which this build cannot do yet: refusing the option is
-   * better than silently exiting where the user asked for a restart. */
-  if (cfg->on_failure == LWSI_ON_FAILURE_RESTART)
-    return fail(err, errlen, "%s: 'restart' is not implemented yet: use 'exit'",
-                src[O_ON_FAILURE].label);
   if (src[O_DP_LOCAL].set && lwsi_engine_get(cfg->preset)->dp_local_flag == NULL) {
     char names[64];
     preset_names(" or ", true, names, sizeof(names));

@@ -167,7 +167,7 @@ int lwsi_launcher_spawn_io3(char *const *argv, char *const *envp, const sigset_t
 static bool is_ours(const char *kv)
 {
   static const char *const names[] = {"LWSINIT_LEADER_IP=", "LWSINIT_RANK=", "LWSINIT_SIZE=",
-                                      "LWSINIT_TOKEN="};
+                                      "LWSINIT_TOKEN=", "LWSINIT_EPOCH="};
   for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
     if (strncmp(kv, names[i], strlen(names[i])) == 0)
       return true;
@@ -212,5 +212,23 @@ int lwsi_launcher_env(char *const *envp, const char *leader_ip, unsigned rank, u
   }
   env[o + 3] = NULL;
   *out = env;
+  return 0;
+}
+
+int lwsi_launcher_env_add(char *const *env, char *kv, char ***out)
+{
+  size_t n = 0;
+  while (env != NULL && env[n] != NULL)
+    n++;
+  char **full = calloc(n + 2, sizeof(*full));
+  if (full == NULL)
+    return -ENOMEM;
+  size_t name = strcspn(kv, "=") + 1;
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(env[i], kv, name) != 0)
+      full[o++] = env[i];
+  full[o] = kv;
+  *out = full;
   return 0;
 }

@@ -490,6 +490,39 @@ static void leader_rejoin(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
                   "rank %u reconnected before it heard the release; released it again", j->rank);
 }
 
+/* After release, with replacements admitted (the agent's --on-failure
+ * restart), a new incarnation takes the seat of a member already reported
+ * lost: a container restarted by the kubelet, or a pod recreated alone. It
+ * gets the member table as any member does at release; the app broadcasts
+ * kept from before are not sent again (they belong to the group's earlier
+ * life: the agent tells the newcomer what it needs). */
+static void leader_replace(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
+                           const struct lwsi_msg_join *j)
+{
+  struct lwsi_rdzv_slot *s = &r->slots[j->rank];
+  if (s->conn != NULL)
+    lwsi__rdzv_conn_close(s->conn);
+  lwsi__rdzv_slot_reset(s);
+  leader_seat(r, c, j);
+  s->joined = true;
+  s->alive = true;
+  lwsi_text_copy(s->pod, sizeof(s->pod), j->pod);
+  memcpy(s->nonce, j->nonce, sizeof(s->nonce));
+  lwsi_text_copy(s->preset, sizeof(s->preset), j->preset);
+  s->dist_port = j->dist_port;
+  s->gpus = j->gpus;
+  leader_send_welcome(r, c, j);
+  uint8_t *frame;
+  size_t len;
+  int rc = leader_release_frame(r, &frame, &len);
+  if (rc < 0)
+    lwsi__rdzv_mark_broken(c, rc, "cannot send the member table");
+  else
+    lwsi__rdzv_send_frame(c, frame, len);
+  lwsi__rdzv_emit(r, LWSI_RDZV_EV_JOINED, j->rank, c->addr, j->pod, 0,
+                  "rank %u joined in the place of a lost member", j->rank);
+}
+
 static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
                         const struct lwsi_msg_join *j)
 {
@@ -541,6 +574,10 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
     if (held->alive && held->conn != NULL &&
         memcmp(held->nonce, j->nonce, sizeof(held->nonce)) == 0) {
       leader_rejoin(r, c, j);
+      return;
+    }
+    if (r->cfg.admit_replacements && !held->alive) {
+      leader_replace(r, c, j);
       return;
     }
     leader_refuse(r, c, j, rank, "released",

@@ -291,6 +291,8 @@ cJSON *lwsi_status_doc(const struct lwsi_status_snapshot *s)
   cJSON_AddStringToObject(doc, "role", role_of(s));
   cJSON_AddStringToObject(doc, "phase", s->phase < s->nphases ? s->phases[s->phase].name : "");
   cJSON_AddBoolToObject(doc, "ready", s->ready);
+  cJSON_AddNumberToObject(doc, "epoch", s->epoch);
+  cJSON_AddNumberToObject(doc, "restarts", (double)s->restarts);
   cJSON *leader = cJSON_AddObjectToObject(doc, "leader");
   if (leader != NULL) {
     cJSON_AddStringToObject(leader, "address", s->leader);
@@ -427,6 +429,8 @@ int lwsi_status_print(FILE *out, const char *json)
   const char *lphase = str_of(doc, "launch_phase", NULL);
   if (lphase != NULL)
     fprintf(out, "launch   phase %s\n", lphase);
+  fprintf(out, "epoch    %.0f, %.0f restart%s\n", num_of(doc, "epoch", 0),
+          num_of(doc, "restarts", 0), num_of(doc, "restarts", 0) == 1 ? "" : "s");
   const cJSON *leader = cJSON_GetObjectItemCaseSensitive(doc, "leader");
   fprintf(out, "leader   %s (%s)\n", str_of(leader, "address", "?"),
           str_of(leader, "ip", "") [0] ? str_of(leader, "ip", "") : "unresolved");
@@ -604,6 +608,11 @@ int lwsi_status_metrics(const struct lwsi_status_snapshot *s, struct lwsi_buf *b
                      "When the group was released (Unix time), 0 before.", s->released_at);
   lwsi_metrics_counter(b, "lwsinit_peer_losses_total", "Members lost after the release.",
                        s->peer_losses);
+  lwsi_metrics_gauge(b, "lwsinit_epoch", "The group's epoch: 0, then +1 at each restart.",
+                     s->epoch);
+  lwsi_metrics_counter(b, "lwsinit_restarts_total",
+                       "Group restarts in place (--on-failure restart) this agent took part in.",
+                       s->restarts);
   lwsi_metrics_gauge(b, "lwsinit_child_running", "1 while the engine runs.",
                      s->child.state == LWSI_STATUS_CHILD_RUNNING);
   lwsi_metrics_counter(b, "lwsinit_orphans_reaped_total",

@@ -287,6 +287,21 @@ int lwsi_supervisor_spawn(struct lwsi_supervisor *sup, char *const *argv, char *
   return rc;
 }
 
+void lwsi_supervisor_rearm(struct lwsi_supervisor *sup)
+{
+  if (sup->child_running)
+    return;
+  uv_timer_stop(&sup->drain_timer);
+  uv_timer_stop(&sup->grace_timer);
+  uv_timer_stop(&sup->hold_timer);
+  sup->child = 0;
+  sup->child_status = 0;
+  sup->stopping = false;
+  sup->draining = false;
+  sup->held = false;
+  sup->stop_sig = 0;
+}
+
 void lwsi_supervisor_close(struct lwsi_supervisor *sup)
 {
   if (sup->sfd < 0)

@@ -19,6 +19,7 @@
 #include "lwsinit/gpu_abi.h"
 #include "lwsinit/fdio.h"
 #include "lwsinit/gpucheck_parse.h"
+#include "gpufree.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -1453,6 +1454,8 @@ static void parse_args(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+  if (argc > 1 && strcmp(argv[1], "gpu-free") == 0)
+    return lwsi_gpufree_main(argc, argv);
   start_ns = now_ns();
   parse_args(argc, argv);
   deadline_ns = start_ns + opt.timeout_ms * 1000000ull;

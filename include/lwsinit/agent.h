@@ -28,6 +28,7 @@ enum lwsi_phase {
   LWSI_PHASE_JOINING,
   LWSI_PHASE_CHECKING,
   LWSI_PHASE_RUNNING,
+  LWSI_PHASE_RESTARTING, /* --on-failure restart: from a failure until the group re-formed */
   LWSI_PHASE_STOPPING,
   LWSI_PHASE_FAILED,
   LWSI_PHASE_COUNT
@@ -125,6 +126,30 @@ struct lwsi_agent {
   struct lwsi_phases phases;
   bool phases_on, phases_holding;
   int phases_exit;
+  /* --on-failure restart (agent.c, "restart in place"). */
+  struct {
+    uint32_t epoch;         /* the group's epoch: 0, then +1 at each restart */
+    uint64_t restarts;      /* restarts this agent took part in */
+    int64_t launched;       /* the epoch of the last launch; -1 before the first */
+    bool active;            /* between a failure and the relaunch */
+    bool gone;              /* this member's old engine is gone and its GPUs are free */
+    int64_t ready_sent;     /* worker: the epoch it last reported ready for; -1: none */
+    bool own_failed;        /* this member's engine failed (exited, or hung) ... */
+    int own_code;           /* ... with this status (7 for a hang) */
+    uint8_t *ready;         /* leader: by rank, ready for the current epoch */
+    uint64_t *history;      /* leader: when each restart in the window began (uv_now) */
+    uint32_t nhistory;
+    bool backoff_over;      /* leader: the backoff before this epoch's launch has passed */
+    uv_timer_t backoff_timer, rejoin_timer;
+    bool timers_on, rejoin_on;
+    /* The wait for the GPUs (lwsinit-gpucheck gpu-free): two, used in
+     * turn, so that one closed in its own callback is never reused before
+     * libuv has finished closing it. */
+    struct lwsi_gpurun gpu_free[2];
+    bool gpu_free_on[2];
+    unsigned gf;            /* the one in use */
+    pid_t old_engine;       /* the old engine's process group, for the GPU wait */
+  } rs;
 };
 
 const char *lwsi_agent_phase_name(enum lwsi_phase p);

@@ -17,6 +17,7 @@ struct lwsi_cmdline_values {
   unsigned size;
   unsigned rank;
   const char *hostfile; /* {hostfile}: preset mpi's, on the leader; else NULL */
+  unsigned epoch; /* {epoch}: 0, then +1 at each group restart */
 };
 
 /* Builds the argv to exec (malloc'd; free with lwsi_expand_free): COMMAND

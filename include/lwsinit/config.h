@@ -83,6 +83,11 @@ struct lwsi_config {
   enum lwsi_on_failure on_failure;
   uint64_t fail_delay_ms; /* --fail-delay */
   uint64_t phase_timeout_ms; /* --phase-timeout: each launch phase's deadline */
+  /* --on-failure restart (contract, "Membership"). */
+  uint32_t max_restarts;        /* --max-restarts */
+  uint64_t restart_window_ms;   /* --restart-window */
+  uint64_t rejoin_timeout_ms;   /* --rejoin-timeout */
+  uint64_t gpu_free_timeout_ms; /* --gpu-free-timeout */
 
   /* Subcommands: status and probe. */
   bool status_json;

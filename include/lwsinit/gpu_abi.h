@@ -158,4 +158,30 @@ typedef const char *lwsi_nccl_get_error_string_fn(lwsi_nccl_result result);
 /* Since NCCL 2.13: the last error text of this thread (comm is unused). */
 typedef const char *lwsi_nccl_get_last_error_fn(lwsi_nccl_comm comm);
 
+/* ---- NVML (nvml.h), for the GPU-free wait of a restart (gpu-free). */
+
+typedef int lwsi_nvml_return; /* nvmlReturn_t */
+#define LWSI_NVML_SUCCESS 0
+#define LWSI_NVML_ERROR_INSUFFICIENT_SIZE 7
+typedef struct lwsi_nvml_device_st *lwsi_nvml_device; /* nvmlDevice_t */
+
+/* nvmlProcessInfo_t (nvmlProcessInfo_v2_t) of the _v2 and _v3 calls. */
+struct lwsi_nvml_process_info {
+  unsigned int pid;
+  unsigned long long used_gpu_memory;
+  unsigned int gpu_instance_id;
+  unsigned int compute_instance_id;
+};
+
+typedef lwsi_nvml_return lwsi_nvml_init_fn(void);       /* nvmlInit_v2 */
+typedef lwsi_nvml_return lwsi_nvml_shutdown_fn(void);   /* nvmlShutdown */
+typedef lwsi_nvml_return lwsi_nvml_device_get_count_fn(unsigned int *count); /* _v2 */
+typedef lwsi_nvml_return lwsi_nvml_device_get_handle_by_index_fn(unsigned int index,
+                                                                  lwsi_nvml_device *device);
+/* nvmlDeviceGetComputeRunningProcesses_v3 (and _v2, same layout): count in,
+ * entries filled out; INSUFFICIENT_SIZE with the count needed. */
+typedef lwsi_nvml_return lwsi_nvml_device_get_compute_running_processes_fn(
+    lwsi_nvml_device device, unsigned int *count, struct lwsi_nvml_process_info *infos);
+typedef const char *lwsi_nvml_error_string_fn(lwsi_nvml_return r);
+
 #endif

@@ -40,4 +40,9 @@ int lwsi_launcher_env(char *const *envp, const char *leader_ip, unsigned rank, u
                       char ***out);
 void lwsi_launcher_env_free(char **env);
 
+/* env with kv ("NAME=value") in place of any NAME= it held: a new array of
+ * the same strings (free() the array only; kv stays the caller's).
+ * Returns 0 or -ENOMEM. */
+int lwsi_launcher_env_add(char *const *env, char *kv, char ***out);
+
 #endif

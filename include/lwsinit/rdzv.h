@@ -71,6 +71,10 @@ struct lwsi_rdzv_config {
   uint64_t retry_max_ms;         /* 0: LWSI_RDZV_RETRY_MAX_MS */
   uint64_t refused_retry_ms;     /* 0: from size (LWSI_RDZV_REFUSED_*) */
   uint32_t max_pending;          /* 0: the larger of LWSI_RDZV_MAX_PENDING and 2 x size */
+  /* Leader: after release, a new incarnation may take the seat of a member
+   * reported lost (JOINED says "in the place of a lost member"); else it is
+   * refused as "released". */
+  bool admit_replacements;
 };
 
 enum lwsi_rdzv_state {

@@ -155,6 +155,10 @@ struct lwsi_status_snapshot {
   uint32_t alive;
   uint64_t peer_losses; /* members lost after the release */
   double released_at;   /* Unix time of the release, 0 before */
+  /* --on-failure restart: the group's epoch (0, then +1 at each restart)
+   * and how many restarts this agent has seen. */
+  uint32_t epoch;
+  uint64_t restarts;
 
   /* The members the rendezvous reports, by rank (none without a group). */
   const struct lwsi_status_member *members;

@@ -81,6 +81,11 @@ void lwsi_supervisor_release(struct lwsi_supervisor *sup);
 /* The exit code for a wait status: the code, or 128+N for signal N. */
 int lwsi_supervisor_exit_code(int status);
 
+/* After the child has exited, makes the supervisor ready to start another
+ * (a group restart in place): no child, no stop under way. A no-op while
+ * the child runs. */
+void lwsi_supervisor_rearm(struct lwsi_supervisor *sup);
+
 /* Closes the handles; run the loop afterwards to finish closing. */
 void lwsi_supervisor_close(struct lwsi_supervisor *sup);
 

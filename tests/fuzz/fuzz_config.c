@@ -153,7 +153,8 @@ static void check_accepted(const struct lwsi_config *cfg, int argc, char **argv)
     CHECK(port >= 1);
 
   /* What the agent does with it at launch. */
-  struct lwsi_cmdline_values v = {cfg->leader, "10.244.1.17", cfg->size, cfg->rank};
+  struct lwsi_cmdline_values v = {
+      .leader = cfg->leader, .leader_ip = "10.244.1.17", .size = cfg->size, .rank = cfg->rank};
   char **out = NULL;
   char bad[64] = "";
   int rc = lwsi_cmdline_build(cfg, &v, &out, bad, sizeof(bad));

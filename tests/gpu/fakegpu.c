@@ -28,6 +28,10 @@
  *   FAKEGPU_FAIL_RANK    the NCCL rank the NCCL failures apply to (default: all)
  *   FAKEGPU_FAIL_DEVICE  the device alloc and bad-memory apply to (default: all)
  *   FAKEGPU_NOISE        if set, print a line on stdout (as NCCL_DEBUG=INFO does)
+ *   FAKEGPU_NVML_PIDS    NVML's face: a file of "PID" or "DEVICE PID" lines, the
+ *                        compute processes nvmlDeviceGetComputeRunningProcesses
+ *                        lists (read at every call, so a test can change it;
+ *                        none when unset or absent)
  *
  * Deliberately strict where the real libraries are, to catch check bugs:
  * buffers must lie in allocations of the communicator's device, the stream
@@ -83,6 +87,12 @@ EXPORT lwsi_nccl_group_end_fn ncclGroupEnd;
 EXPORT lwsi_nccl_all_reduce_fn ncclAllReduce;
 EXPORT lwsi_nccl_get_error_string_fn ncclGetErrorString;
 EXPORT lwsi_nccl_get_last_error_fn ncclGetLastError;
+EXPORT lwsi_nvml_init_fn nvmlInit_v2;
+EXPORT lwsi_nvml_shutdown_fn nvmlShutdown;
+EXPORT lwsi_nvml_device_get_count_fn nvmlDeviceGetCount_v2;
+EXPORT lwsi_nvml_device_get_handle_by_index_fn nvmlDeviceGetHandleByIndex_v2;
+EXPORT lwsi_nvml_device_get_compute_running_processes_fn nvmlDeviceGetComputeRunningProcesses_v3;
+EXPORT lwsi_nvml_error_string_fn nvmlErrorString;
 
 /* ---- configuration ----------------------------------------------------- */
 
@@ -1221,4 +1231,65 @@ const char *ncclGetLastError(lwsi_nccl_comm comm)
 {
   (void)comm;
   return last_error;
+}
+
+/* ---- NVML: the running processes a test lists ------------------------- */
+
+lwsi_nvml_return nvmlInit_v2(void)
+{
+  init();
+  return LWSI_NVML_SUCCESS;
+}
+
+lwsi_nvml_return nvmlShutdown(void)
+{
+  return LWSI_NVML_SUCCESS;
+}
+
+lwsi_nvml_return nvmlDeviceGetCount_v2(unsigned int *count)
+{
+  init();
+  *count = cfg.fail == F_MISSING_DEVICE ? 0 : (unsigned)cfg.ndev;
+  return LWSI_NVML_SUCCESS;
+}
+
+lwsi_nvml_return nvmlDeviceGetHandleByIndex_v2(unsigned int index, lwsi_nvml_device *device)
+{
+  init();
+  if (index >= (unsigned)cfg.ndev)
+    return 2; /* NVML_ERROR_INVALID_ARGUMENT */
+  *device = (lwsi_nvml_device)(uintptr_t)(index + 1);
+  return LWSI_NVML_SUCCESS;
+}
+
+lwsi_nvml_return nvmlDeviceGetComputeRunningProcesses_v3(lwsi_nvml_device device,
+                                                         unsigned int *count,
+                                                         struct lwsi_nvml_process_info *infos)
+{
+  int dev = (int)(uintptr_t)device - 1;
+  unsigned n = 0;
+  const char *path = getenv("FAKEGPU_NVML_PIDS");
+  FILE *f = path != NULL && path[0] != '\0' ? fopen(path, "re") : NULL;
+  char line[128];
+  while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+    long a = -1, b = -1;
+    int k = sscanf(line, "%ld %ld", &a, &b);
+    long pid = k == 2 ? b : a;
+    if (k < 1 || pid <= 0 || (k == 2 && a != dev))
+      continue;
+    if (n < *count && infos != NULL)
+      infos[n] = (struct lwsi_nvml_process_info){.pid = (unsigned)pid,
+                                                 .used_gpu_memory = 1ull << 30};
+    n++;
+  }
+  if (f != NULL)
+    fclose(f);
+  bool fits = n <= *count;
+  *count = n;
+  return fits ? LWSI_NVML_SUCCESS : LWSI_NVML_ERROR_INSUFFICIENT_SIZE;
+}
+
+const char *nvmlErrorString(lwsi_nvml_return r)
+{
+  return r == LWSI_NVML_SUCCESS ? "Success" : "Fake NVML error";
 }

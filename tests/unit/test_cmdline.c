@@ -52,7 +52,7 @@ static void expect_cmd_at(const char *preset, char **argv, int argc, unsigned ra
                           const char *leader_ip, const char *want)
 {
   TAP_OK(setup(argv, argc, preset) == 0, "config for preset %s", preset ? preset : "none");
-  struct lwsi_cmdline_values v = {"sglang-0.sglang.default", leader_ip, 4, rank, NULL};
+  struct lwsi_cmdline_values v = {"sglang-0.sglang.default", leader_ip, 4, rank, NULL, 0};
   char **out = NULL;
   char bad[32];
   int rc = lwsi_cmdline_build(&cfg, &v, &out, bad, sizeof(bad));
@@ -254,6 +254,17 @@ int main(void)
                 "--nnodes 4 --node-rank 0 --master-addr 10.0.0.7 --master-port 29501");
   char *plain[] = {"engine", "--rank={rank}", "{leader}", "{\"k\": 1}"};
   expect_cmd(NULL, plain, 4, 2, "engine --rank=2 sglang-0.sglang.default {\"k\": 1}");
+  {
+    char *ep[] = {"engine", "--epoch={epoch}", "{{epoch}}"};
+    TAP_OK(setup(ep, 3, NULL) == 0, "config with {epoch}");
+    struct lwsi_cmdline_values v = {"l", "10.0.0.7", 4, 1, NULL, 3};
+    char **out = NULL;
+    char bad[32];
+    TAP_OK(lwsi_cmdline_build(&cfg, &v, &out, bad, sizeof(bad)) == 0, "build with {epoch}");
+    if (out != NULL)
+      TAP_STR_EQ(join(out), "engine --epoch=3 {epoch}", "{epoch} is the group's epoch");
+    lwsi_expand_free(out);
+  }
 
   launch_check_tests();
   return tap_done();

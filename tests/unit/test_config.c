@@ -64,8 +64,8 @@ static const struct bad_case bad_cases[] = {
   {{"--fail-delay", "", "true"}, {NULL}, {"--fail-delay", "''"}},
   {{"--fail-delay", "30x", "true"}, {NULL}, {"--fail-delay", "'30x'"}},
   {{"--on-failure", "stay", "true"}, {NULL}, {"--on-failure", "'stay'", "exit, restart"}},
-  {{"--on-failure", "restart", "true"}, {NULL}, {"--on-failure", "restart", "not implemented"}},
-  {{"true"}, {"LWSINIT_ON_FAILURE=restart"}, {"LWSINIT_ON_FAILURE", "not implemented"}},
+  {{"--max-restarts", "-1", "true"}, {NULL}, {"--max-restarts", "'-1'"}},
+  {{"true"}, {"LWSINIT_REJOIN_TIMEOUT=0"}, {"LWSINIT_REJOIN_TIMEOUT", "'0'"}},
   {{"true"}, {"LWSINIT_LOG_LEVEL=verbose"}, {"LWSINIT_LOG_LEVEL", "'verbose'"}},
   {{"--upstream", "localhost:8000/health", "true"}, {NULL}, {"--upstream", "http://"}},
   {{"--dp-local", "2", "true"}, {NULL}, {"--dp-local", "vllm-dp"}},
@@ -146,6 +146,9 @@ static void test_standalone(void)
   TAP_OK(cfg.hang_timeout_ms == 0 && cfg.fail_delay_ms == 0 &&
              cfg.on_failure == LWSI_ON_FAILURE_EXIT,
          "default: no hang detection, no fail delay, on-failure exit");
+  TAP_OK(cfg.max_restarts == 3 && cfg.restart_window_ms == 600000 &&
+             cfg.rejoin_timeout_ms == 120000 && cfg.gpu_free_timeout_ms == 60000,
+         "default restart budget, window, rejoin and GPU-free timeouts");
   TAP_OK(cfg.argc == 2 && strcmp(cfg.argv[0], "sleep") == 0, "COMMAND found");
 }
 
@@ -176,6 +179,15 @@ static void test_precedence(void)
   TAP_OK(rc == 0 && cfg.hang_timeout_ms == 120000 && cfg.fail_delay_ms == 30000 &&
              cfg.on_failure == LWSI_ON_FAILURE_EXIT,
          "--hang-timeout, --fail-delay and --on-failure parse, flags over variables (%s)", err);
+
+  const char *args4[] = {"--on-failure", "restart", "--max-restarts", "0", "--restart-window",
+                         "30", "--rejoin-timeout=2.5", "true", NULL};
+  const char *env4[] = {"LWSINIT_GPU_FREE_TIMEOUT=7", NULL};
+  rc = parse(args4, env4, &cfg, err, sizeof(err));
+  TAP_OK(rc == 0 && cfg.on_failure == LWSI_ON_FAILURE_RESTART && cfg.max_restarts == 0 &&
+             cfg.restart_window_ms == 30000 && cfg.rejoin_timeout_ms == 2500 &&
+             cfg.gpu_free_timeout_ms == 7000,
+         "--on-failure restart and its budget and timeouts parse (%s)", err);
 }
 
 static void test_values(void)

@@ -120,7 +120,7 @@ static void test_standalone(void)
   bool nl = false;
   TAP_STR_EQ(doc_text(&s, &nl),
              "{\"version\":\"" LWSI_VERSION "\",\"rank\":0,\"size\":1,\"role\":\"standalone\","
-             "\"phase\":\"running\",\"ready\":true,"
+             "\"phase\":\"running\",\"ready\":true,\"epoch\":0,\"restarts\":0,"
              "\"leader\":{\"address\":\"127.0.0.1\",\"ip\":\"127.0.0.1\"},"
              "\"child\":{\"state\":\"running\",\"pid\":42,\"orphans_reaped\":0},"
              "\"upstream\":null,"
@@ -131,6 +131,7 @@ static void test_standalone(void)
   TAP_OK(nl, "the document ends with a newline");
   TAP_STR_EQ(text_of(&s),
              "rank 0 of 1 (standalone), phase running, ready\n"
+             "epoch    0, 0 restarts\n"
              "leader   127.0.0.1 (127.0.0.1)\n"
              "child    running, pid 42\n"
              "upstream none\n"
@@ -176,6 +177,13 @@ static void test_standalone(void)
              "# HELP lwsinit_peer_losses_total Members lost after the release.\n"
              "# TYPE lwsinit_peer_losses_total counter\n"
              "lwsinit_peer_losses_total 0\n"
+             "# HELP lwsinit_epoch The group's epoch: 0, then +1 at each restart.\n"
+             "# TYPE lwsinit_epoch gauge\n"
+             "lwsinit_epoch 0\n"
+             "# HELP lwsinit_restarts_total Group restarts in place (--on-failure restart) this "
+             "agent took part in.\n"
+             "# TYPE lwsinit_restarts_total counter\n"
+             "lwsinit_restarts_total 0\n"
              "# HELP lwsinit_child_running 1 while the engine runs.\n"
              "# TYPE lwsinit_child_running gauge\n"
              "lwsinit_child_running 1\n"
@@ -298,7 +306,7 @@ static void test_leader(void)
   bool nl = false;
   TAP_STR_EQ(doc_text(&s, &nl),
              "{\"version\":\"" LWSI_VERSION "\",\"rank\":0,\"size\":3,\"role\":\"leader\","
-             "\"phase\":\"joining\",\"ready\":false,"
+             "\"phase\":\"joining\",\"ready\":false,\"epoch\":0,\"restarts\":0,"
              "\"leader\":{\"address\":\"sglang-0.sglang\",\"ip\":\"\"},"
              "\"child\":{\"state\":\"not-started\",\"pid\":null,\"orphans_reaped\":0},"
              "\"upstream\":null,"
@@ -319,6 +327,7 @@ static void test_leader(void)
              "the leader's document: the group and a row per member");
   TAP_STR_EQ(text_of(&s),
              "rank 0 of 3 (leader), phase joining, not ready\n"
+             "epoch    0, 0 restarts\n"
              "leader   sglang-0.sglang (unresolved)\n"
              "child    not-started\n"
              "upstream none\n"

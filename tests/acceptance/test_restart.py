@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""--on-failure restart: a group restarted in place under the next epoch.
+
+Each rank's engine is a shell that records, for every launch, the epoch it
+got in LWSINIT_EPOCH and in its argv ({epoch}), its pid and a
+CLOCK_MONOTONIC timestamp, in launch-RANK (one line a launch), then execs
+sleep, so that the test can kill it (a crash) by pid. The agents stay up
+across a restart; a restart that cannot go on ends in a clean exit with the
+code of --on-failure exit and no engine left running.
+"""
+import json
+import os
+import signal
+import time
+
+import lwsitest as lt
+from test_group import Group
+from test_group_health import Health
+
+HB = 100
+FAST = ["--heartbeat", str(HB), "--peer-timeout", str(int(2000 * lt.SCALE)),
+        "--upstream-interval", str(HB), "--upstream-timeout", "300", "--grace", "2",
+        "--on-failure", "restart", "--node-check", "off"]
+# $0: the folder; $1: {epoch} as the agent expanded it.
+ENGINE = ('D=$0; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+          '>> "$D/launch-$LWSINIT_RANK"; exec sleep 600')
+
+
+def engine(t):
+    return ["sh", "-c", ENGINE, t.tmp, "{epoch}"]
+
+
+def launches(t, rank):
+    """[(env epoch, argv epoch, pid)] of rank's launches so far."""
+    try:
+        with open(t.path("launch-%d" % rank)) as f:
+            return [tuple(int(x) for x in line.split()[:3]) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+GPUCHECK = os.environ.get("LWSI_GPUCHECK", "")
+FAKEGPU = os.environ.get("LWSI_FAKEGPU") or os.path.normpath(os.path.join(
+    os.path.dirname(GPUCHECK), "..", "tests", "gpu", "libfakegpu.so"))
+
+
+def group(t, size, opts=(), healths=None, gpus=False):
+    g = Group(t, size, opts=FAST + list(opts) + (["--gpus", "2"] if gpus else []))
+    for r in range(size):
+        start(t, g, r, healths, gpus)
+    return g
+
+
+def gpu_env(t, r):
+    """Fake NVML for rank r: its process list is the file nvml-R."""
+    if not os.path.exists(FAKEGPU) or not os.access(GPUCHECK, os.X_OK):
+        raise lt.Skip("the fake GPU library or the check is not built (%s)" % FAKEGPU)
+    open(t.path("nvml-%d" % r), "a").close()
+    return {"LWSINIT_GPUCHECK": GPUCHECK, "LWSINIT_NVML": FAKEGPU, "FAKEGPU_DEVICES": "2",
+            "FAKEGPU_NVML_PIDS": t.path("nvml-%d" % r)}
+
+
+def start(t, g, r, healths=None, gpus=False):
+    up = ["--upstream", healths[r].url()] if healths else ["--upstream", "none"]
+    env = {"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)}
+    if gpus:
+        env.update(gpu_env(t, r))
+    return g.start(r, leader="127.0.0.1", opts=up, engine=engine(t), env=env)
+
+
+def wait_epoch(t, g, ranks, epoch, timeout=20):
+    """Waits until each of ranks has launched under epoch."""
+    for r in ranks:
+        lt.wait_for(lambda r=r: any(e == epoch for e, _, _ in launches(t, r)), timeout,
+                    "rank %d's engine to launch under epoch %d" % (r, epoch))
+
+
+def status(g, rank):
+    code, body = g.get(rank, "/status")
+    return json.loads(body) if code == 200 else {}
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def crash(t, rank):
+    """Kills rank's latest engine with SIGKILL (a crash, the OOM killer)."""
+    pid = launches(t, rank)[-1][2]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def check_once_per_epoch(t, size):
+    """No member launched twice in one epoch, and argv and env agree."""
+    for r in range(size):
+        ls = launches(t, r)
+        epochs = [e for e, _, _ in ls]
+        t.eq(len(epochs), len(set(epochs)), "rank %d launched once per epoch: %r" % (r, ls))
+        t.ok(all(e == a for e, a, _ in ls), "rank %d: LWSINIT_EPOCH is {epoch}: %r" % (r, ls))
+
+
+def nothing_left(t, size):
+    for r in range(size):
+        for _, _, pid in launches(t, r):
+            lt.wait_for(lambda pid=pid: not alive(pid), 10, "engine pid %d to be gone" % pid)
+    t.ok(True, "no engine left running")
+
+
+def t_worker_crash_restarts(t):
+    """A worker's engine crashes: every member's engine is relaunched under
+    epoch 1 ({epoch} and LWSINIT_EPOCH), the agents stay up, /status says
+    epoch 1 and 1 restart, /metrics too."""
+    g = group(t, 3)
+    wait_epoch(t, g, range(3), 0)
+    old = [launches(t, r)[-1][2] for r in range(3)]
+    t0 = lt.now()
+    crash(t, 1)
+    wait_epoch(t, g, range(3), 1, timeout=20)
+    took = lt.now() - t0
+    t.le(1.0, took, 1.0 + 3.0 * lt.SCALE, "the group relaunched %.2f s after the crash "
+         "(1 s backoff)" % took)
+    for r in range(3):
+        t.ok(not alive(old[r]), "rank %d's old engine is gone" % r)
+        t.ok(g.agents[r].running(), "rank %d's agent stays up" % r)
+    for r in range(3):
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "running", 5,
+                    "rank %d to be running" % r)
+        s = status(g, r)
+        t.ok(s["epoch"] == 1 and s["restarts"] == 1, "rank %d's /status: epoch %r, restarts %r"
+             % (r, s.get("epoch"), s.get("restarts")))
+    code, metrics = g.get(0, "/metrics")
+    t.ok("lwsinit_epoch 1\n" in metrics and "lwsinit_restarts_total 1\n" in metrics,
+         "/metrics: lwsinit_epoch 1, lwsinit_restarts_total 1")
+    check_once_per_epoch(t, 3)
+
+
+def t_leader_crash_restarts(t):
+    """The leader's own engine crashes: the same restart."""
+    g = group(t, 2)
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 0)
+    wait_epoch(t, g, range(2), 1)
+    t.ok(g.agents[0].running() and g.agents[1].running(), "both agents stay up")
+    check_once_per_epoch(t, 2)
+
+
+def t_hang_restarts(t):
+    """A worker's engine hangs (--hang-timeout): the group restarts."""
+    hs = [Health(), Health()]
+    try:
+        g = group(t, 2, opts=["--hang-timeout", "1"], healths=hs)
+        wait_epoch(t, g, range(2), 0)
+        g.wait_ready(timeout=20)
+        hs[1].mode = "hang"
+        lt.wait_for(lambda: status(g, 1).get("phase") == "restarting", 15,
+                    "rank 1 to be restarting")
+        hs[1].mode = "ok"
+        wait_epoch(t, g, range(2), 1)
+        t.ok(g.agents[0].running() and g.agents[1].running(), "both agents stay up")
+        lt.wait_for(lambda: g.ready(0), 15, "the leader to be ready again")
+        check_once_per_epoch(t, 2)
+    finally:
+        for h in hs:
+            h.close()
+
+
+def t_budget(t):
+    """--max-restarts 1: the second crash ends the group as --on-failure
+    exit would: the crashed worker exits with its engine's status (137),
+    the leader 6, nothing left running."""
+    g = group(t, 2, opts=["--max-restarts", "1"])
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 1)
+    wait_epoch(t, g, range(2), 1)
+    crash(t, 1)
+    t.agent_rc(g.agents[1], 137, timeout=15)
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    err = g.agents[0].stderr()
+    t.ok("--max-restarts 1" in err and "giving up" in err, "the leader says why")
+    check_once_per_epoch(t, 2)
+    nothing_left(t, 2)
+
+
+def t_leader_killed_while_restarting(t):
+    """The leader's engine crashes and its agent is killed during
+    `restarting` (the backoff): the worker exits 6, its engine stopped,
+    nothing left running."""
+    g = group(t, 2)
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 0)
+    lt.wait_for(lambda: status(g, 0).get("phase") == "restarting", 5, "the leader to restart")
+    g.agents[0].kill(signal.SIGKILL)
+    for _, _, pid in launches(t, 0):
+        try:
+            os.kill(pid, signal.SIGKILL)  # the pod's other processes go with it
+        except ProcessLookupError:
+            pass
+    t.agent_rc(g.agents[1], 6, timeout=15)
+    t.eq(len(launches(t, 1)), 1, "the worker launched nothing more")
+    nothing_left(t, 2)
+
+
+def t_lost_member_not_replaced(t):
+    """A worker's agent is killed during `restarting` and no replacement
+    comes within --rejoin-timeout: the group exits 6 (the member whose
+    crash began the restart too: the loss, not its crash, ended the
+    group)."""
+    g = group(t, 3, opts=["--rejoin-timeout", "2"])
+    wait_epoch(t, g, range(3), 0)
+    crash(t, 1)
+    lt.wait_for(lambda: status(g, 2).get("phase") == "restarting", 5, "rank 2 to restart")
+    g.agents[2].kill(signal.SIGKILL)
+    t0 = lt.now()
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    t.agent_rc(g.agents[1], 6, timeout=15)
+    t.le(1.5, lt.now() - t0, 2.0 + 3.0 * lt.SCALE, "the leader gave up after --rejoin-timeout")
+    t.ok("no replacement joined" in g.agents[0].stderr(), "the leader says why")
+    nothing_left(t, 2)
+
+
+def t_worker_replaced(t):
+    """A worker's agent is killed (its pod's processes with it) and a new
+    agent starts at its rank within --rejoin-timeout: it joins, and the
+    whole group restarts under epoch 1; the replacement learns the epoch."""
+    g = group(t, 3)
+    wait_epoch(t, g, range(3), 0)
+    old = g.agents[2]
+    old.kill(signal.SIGKILL)
+    os.kill(launches(t, 2)[-1][2], signal.SIGKILL)
+    lt.wait_for(lambda: status(g, 0).get("phase") == "restarting", 10, "the leader to restart")
+    start(t, g, 2)
+    wait_epoch(t, g, range(3), 1, timeout=20)
+    for r in range(3):
+        t.ok(g.agents[r].running(), "rank %d's agent is up" % r)
+    lt.wait_for(lambda: status(g, 2).get("epoch") == 1, 5, "the replacement's epoch")
+    check_once_per_epoch(t, 3)
+
+
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def t_gpu_wait(t):
+    """--gpus: a member waits until NVML lists no process of its old
+    engine (the fake NVML lists the crashed engine's pid until the test
+    clears it); only then does the group relaunch."""
+    g = group(t, 2, gpus=True)
+    wait_epoch(t, g, range(2), 0)
+    pid = launches(t, 1)[-1][2]
+    with open(t.path("nvml-1"), "w") as f:
+        f.write("1 %d\n" % pid)
+    crash(t, 1)
+    lt.sleep_until(lt.now() + 2.0)
+    t.eq([e for e, _, _ in launches(t, 0)], [0], "nobody relaunched while the GPU is held")
+    t.ok("waiting up to 60 s for the GPUs" in g.agents[1].stderr(), "rank 1 waits for its GPUs")
+    freed = uptime()
+    open(t.path("nvml-1"), "w").close()
+    wait_epoch(t, g, range(2), 1)
+    with open(t.path("launch-0")) as f:
+        at = float(f.read().splitlines()[-1].split()[3])
+    t.ok(at >= freed - 0.02, "the relaunch came after the GPU was free (%.2f >= %.2f)"
+         % (at, freed))
+    check_once_per_epoch(t, 2)
+
+
+def t_gpu_never_free(t):
+    """A member whose GPUs never free up (--gpu-free-timeout 1): the group
+    ends as with exit: that member exits with its engine's status, the
+    leader 6 naming it; nothing left running."""
+    g = group(t, 2, gpus=True, opts=["--gpu-free-timeout", "1"])
+    wait_epoch(t, g, range(2), 0)
+    with open(t.path("nvml-1"), "w") as f:
+        f.write("%d\n" % launches(t, 1)[-1][2])
+    crash(t, 1)
+    t.agent_rc(g.agents[1], 137, timeout=15)
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    err = g.agents[0].stderr()
+    t.ok("rank 1 cannot restart: the GPUs did not become free" in err,
+         "the leader names the member: %r" % err.strip().splitlines()[-1])
+    nothing_left(t, 2)
+
+
+lt.main([
+    ("--gpus: the restart waits for the GPUs to be free", t_gpu_wait),
+    ("GPUs never free (--gpu-free-timeout): exit as with exit", t_gpu_never_free),
+    ("a worker's engine crash: the group relaunches under epoch 1", t_worker_crash_restarts),
+    ("the leader's engine crash: the same", t_leader_crash_restarts),
+    ("a hung engine (--hang-timeout): the group restarts", t_hang_restarts),
+    ("--max-restarts 1 and two crashes: exit as with exit", t_budget),
+    ("the leader killed while restarting: the worker exits 6", t_leader_killed_while_restarting),
+    ("a lost member not replaced in --rejoin-timeout: exit 6", t_lost_member_not_replaced),
+    ("a killed worker agent replaced at its rank: the group restarts", t_worker_replaced),
+])
