@@ -1,6 +1,10 @@
 #!/usr/bin/python3
 """Checks the LeaderWorkerSet manifests in container/lws/ (TAP).
 
+Every overlay in container/lws/overlays/ is rendered as `kubectl apply -k`
+would (kustomize_render.py: resources, JSON 6902 patches, images, and
+nothing else), and its documents are checked.
+
 For every LeaderWorkerSet document:
   - it validates against the openAPIV3Schema of the LWS CRD
     (../shared/data/leaderworkerset.x-k8s.io_leaderworkersets.yaml), strictly:
@@ -13,16 +17,30 @@ For every LeaderWorkerSet document:
     args and env: a configuration error exits 2 at once, an accepted one waits
     for its group and is stopped with SIGTERM, 143);
   - probes: startup, readiness (/readyz) and liveness (/livez) as httpGet on
-    the port of --probe-addr; the startup probe outlasts lwsinit's own DNS,
-    rendezvous and GPU-check deadlines;
+    the port of --probe-addr; the startup probe's window (initialDelaySeconds
+    + periodSeconds x failureThreshold) >= --dns-timeout (workers) +
+    --rdzv-timeout + --gpu-check-timeout (with a GPU check) + --fail-delay +
+    the model's load time (the LWS annotation lwsinit/model-load-seconds),
+    each from the manifest's flags or LWSINIT_* values, else lwsinit --help's
+    default;
   - terminationGracePeriodSeconds >= --drain-delay + 2 x --grace + a margin
     (GRACE_MARGIN s): a worker's ordered stop holds its engine up to
     --drain-delay + --grace, then gives it --grace before SIGKILL;
-  - the revision from the downward API, the token from a Secret, /dev/shm from
-    a memory emptyDir, GPUs in resources, ports declared, restartPolicy
-    RecreateGroupOnPodRestart, the same COMMAND and preset on leader and
-    worker (the leader refuses a group whose commands differ).
+  - the revision from the downward API, the token from a Secret mounted as a
+    file (--token-file; LWSINIT_TOKEN is refused), no ServiceAccount token
+    (automountServiceAccountToken: false: lwsinit needs no RBAC), /dev/shm
+    from a memory emptyDir, GPUs in resources, ports declared, restartPolicy
+    RecreateGroupOnPodRestart or RecreateGroupAfterStart, an image with a
+    pinned tag (not :latest, not the base's placeholder), command and args
+    all strings, the same COMMAND and preset on leader and worker (the
+    leader refuses a group whose commands differ);
+  - with an RDMA resource (rdma/*): IPC_LOCK, --gpu-check nccl and a
+    --gpu-min-busbw floor.
 Services: their targetPort exists in the templates they select.
+NetworkPolicies: exactly one per LeaderWorkerSet, selecting every group by
+leaderworkerset.sigs.k8s.io/name (no group-index), all ports from the pods
+of the same LWS, the rendezvous port from nowhere else, the probe port and
+every Service's targetPort admitted.
 
 Runs with Debian's /usr/bin/python3 (python3-yaml, python3-jsonschema).
 Environment: LWSINIT (the binary; run checks skip without it), LWSI_REPO (the
@@ -56,14 +74,24 @@ except ImportError:
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "acceptance"))
 from lwsitest import free_port  # noqa: E402  (a port outside the ephemeral range)
+from kustomize_render import RenderError, render  # noqa: E402
 
 REPO = os.environ.get("LWSI_REPO") or os.path.dirname(os.path.dirname(HERE))
 CRD = os.environ.get("LWSI_CRD") or os.path.join(
     REPO, "..", "shared", "data", "leaderworkerset.x-k8s.io_leaderworkersets.yaml")
 LWS_DIR = os.path.join(REPO, "container", "lws")
+OVERLAYS = os.path.join(LWS_DIR, "overlays")
 REVISION_LABEL = "leaderworkerset.sigs.k8s.io/template-revision-hash"
+NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+GROUP_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+# The LWS annotation that states the model's load time in seconds, for the
+# startup probe's window.
+LOAD_ANNOTATION = "lwsinit/model-load-seconds"
+# The base's placeholder image, which every overlay must replace (images:).
+PLACEHOLDER_IMAGE = "engine-lwsinit"
 # Read by lwsinit's configuration (agent/config.c) but not an option, so not
-# in --help: the token itself, instead of --token-file.
+# in --help: the token itself, instead of --token-file. The manifests must
+# not use it (the token stays out of the pod spec and the environment).
 EXTRA_ENV = {"LWSINIT_TOKEN"}
 
 n_tests = 0
@@ -296,19 +324,38 @@ def probe_budget(p):
             + p.get("periodSeconds", 10) * p.get("failureThreshold", 3))
 
 
-def check_startup(a, leader):
-    """The startup probe must not kill a pod that lwsinit's own deadlines
-    would still let wait (they fail with a reason, the probe blindly)."""
-    need = a.num("--rdzv-timeout")
+def startup_need(a, leader, lws):
+    """The seconds a pod may legitimately take to become ready, and how they
+    add up: lwsinit's own deadlines (a worker resolves the leader first; the
+    leader's rendezvous starts at once), the failed pod's --fail-delay, and
+    the model's load time that the LWS states."""
+    parts = []
     if not leader:
-        need += a.num("--dns-timeout")
+        parts.append(("--dns-timeout", a.num("--dns-timeout")))
+    parts.append(("--rdzv-timeout", a.num("--rdzv-timeout")))
     if (a.get("--gpu-check") or "none") != "none":
-        need += a.num("--gpu-check-timeout")
+        parts.append(("--gpu-check-timeout", a.num("--gpu-check-timeout")))
+    parts.append(("--fail-delay", a.num("--fail-delay")))
+    load = ((lws.get("metadata") or {}).get("annotations") or {}).get(LOAD_ANNOTATION)
+    if load is not None and re.fullmatch(r"[0-9]+", str(load)):
+        parts.append((LOAD_ANNOTATION, int(load)))
+    return sum(v for _, v in parts), parts, load
+
+
+def check_startup(a, leader, lws):
+    """The startup probe must not kill a pod that lwsinit's own deadlines
+    would still let wait (they fail with a reason, the probe blindly), nor a
+    model that loads within its stated time (killed and reloaded forever)."""
+    need, parts, load = startup_need(a, leader, lws)
+    errs = []
+    if load is None or not re.fullmatch(r"[0-9]+", str(load)):
+        errs.append(f"the LeaderWorkerSet has no annotation {LOAD_ANNOTATION} (whole seconds, "
+                    f"the model's load time): got {load!r}")
     have = probe_budget(a.c.get("startupProbe"))
     if have < need:
-        return [f"startupProbe allows {have} s, lwsinit may legitimately wait {need} s "
-                f"(--dns-timeout, --rdzv-timeout, --gpu-check-timeout)"]
-    return []
+        errs.append(f"startupProbe allows {have} s, less than "
+                    + " + ".join(f"{n} {v}" for n, v in parts) + f" = {need} s")
+    return errs
 
 
 # Seconds the kubelet's grace period must leave beyond lwsinit's own stop, for
@@ -335,22 +382,21 @@ def check_revision_token(a):
     path = (((rev or {}).get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
     if "--revision" not in a.flags and path != want:
         errs.append(f"LWSINIT_REVISION is not from the downward API fieldRef {want}")
-    tok = a.env.get("LWSINIT_TOKEN")
     tf = a.get("--token-file")
-    if tok is not None:
-        if not ((tok.get("valueFrom") or {}).get("secretKeyRef")):
-            errs.append("LWSINIT_TOKEN is not from a secretKeyRef")
-    elif tf:
+    if "LWSINIT_TOKEN" in a.env:
+        errs.append("LWSINIT_TOKEN: the token in the environment (visible in the pod spec and "
+                    "/proc/1/environ); mount the Secret and pass --token-file")
+    if tf:
         vols = {v.get("name"): v for v in a.pod.get("volumes") or []}
         ok = False
         for m in a.c.get("volumeMounts") or []:
             mp = m.get("mountPath", "").rstrip("/") + "/"
             if tf.startswith(mp) and "secret" in vols.get(m.get("name"), {}):
-                ok = True
+                ok = m.get("readOnly") is True
         if not ok:
-            errs.append(f"--token-file {tf} is not in a mounted Secret volume")
+            errs.append(f"--token-file {tf} is not in a Secret volume mounted readOnly")
     else:
-        errs.append("no token: neither LWSINIT_TOKEN from a Secret nor --token-file")
+        errs.append("no token: no --token-file (a Secret mounted as a file)")
     return errs
 
 
@@ -377,8 +423,51 @@ def check_pod(a, leader, lws):
     if leader and a.num("--rdzv-port") not in ports:
         errs.append(f"the rendezvous port {a.num('--rdzv-port')} is not declared on the leader")
     rp = ((lws.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("restartPolicy")
-    if rp != "RecreateGroupOnPodRestart":
-        errs.append(f"restartPolicy is {rp!r}, not RecreateGroupOnPodRestart")
+    if rp not in RECREATE and (a.get("--on-failure") or "exit") == "exit":
+        errs.append(f"restartPolicy is {rp!r}: with --on-failure exit a failed member's "
+                    f"group must be recreated ({' or '.join(RECREATE)}; docs/operations.md 1.8)")
+    if a.pod.get("automountServiceAccountToken") is not False:
+        errs.append("automountServiceAccountToken is not false (lwsinit needs no API access)")
+    img = str(a.c.get("image") or "")
+    name, _, tag = img.rpartition(":") if ":" in img.rsplit("/", 1)[-1] else (img, "", "")
+    if "@sha256:" in img:
+        pass
+    elif not tag or tag == "latest":
+        errs.append(f"image {img!r} is not pinned to a tag")
+    if name.rsplit("/", 1)[-1] == PLACEHOLDER_IMAGE or img.startswith(PLACEHOLDER_IMAGE):
+        errs.append(f"image {img!r} is the base's placeholder: set it with images: in the overlay")
+    for key in ("command", "args"):
+        bad = [x for x in a.c.get(key) or [] if not isinstance(x, str)]
+        if bad:
+            errs.append(f"{key}: {bad!r} not strings (quote them: the API refuses numbers "
+                        "and YAML 1.1 reads yes/no/on/off as booleans)")
+    return errs
+
+
+RECREATE = ("RecreateGroupOnPodRestart", "RecreateGroupAfterStart")
+
+
+def check_rdma(a):
+    """A pod given RDMA devices must be able to pin memory, and the group
+    must fail when NCCL falls back to sockets anyway."""
+    res = a.c.get("resources") or {}
+    rdma = [k for k in (res.get("limits") or {}) if str(k).startswith("rdma/")]
+    if not rdma:
+        return None
+    errs = []
+    caps = ((a.c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
+    if "IPC_LOCK" not in caps and "CAP_IPC_LOCK" not in caps:
+        errs.append(f"{rdma[0]} without capabilities.add IPC_LOCK (RDMA registration is "
+                    "bounded by RLIMIT_MEMLOCK otherwise)")
+    if a.get("--gpu-check") != "nccl":
+        errs.append(f"{rdma[0]} without --gpu-check nccl (nothing measures the fabric)")
+    try:
+        floor = float(a.get("--gpu-min-busbw") or 0)
+    except ValueError:
+        floor = 0
+    if floor <= 0:
+        errs.append(f"{rdma[0]} without a --gpu-min-busbw floor (a fallback to TCP sockets "
+                    "would pass the check)")
     return errs
 
 
@@ -493,15 +582,23 @@ def check_lws(name, doc, crd, opts, exe):
             "\n".join(a.errors))
         tap(not check_probes(a), f"{w}: startup/readiness/liveness probes on --probe-addr's port",
             "\n".join(check_probes(a)))
-        tap(not check_startup(a, leader), f"{w}: startup probe outlasts lwsinit's deadlines",
-            "\n".join(check_startup(a, leader)))
+        need = startup_need(a, leader, doc)
+        tap(not check_startup(a, leader, doc),
+            f"{w}: startup probe window >= {' + '.join(n for n, _ in need[1])} ({need[0]} s)",
+            "\n".join(check_startup(a, leader, doc)))
         tap(not check_grace(a),
             f"{w}: terminationGracePeriodSeconds >= --drain-delay + 2 x --grace + margin",
             "\n".join(check_grace(a)))
-        tap(not check_revision_token(a), f"{w}: revision from the downward API, token from a Secret",
+        tap(not check_revision_token(a),
+            f"{w}: revision from the downward API, token from a Secret mounted as a file",
             "\n".join(check_revision_token(a)))
-        tap(not check_pod(a, leader, doc), f"{w}: /dev/shm, GPUs, ports, restartPolicy",
+        tap(not check_pod(a, leader, doc),
+            f"{w}: /dev/shm, GPUs, ports, restartPolicy, no ServiceAccount token, pinned image",
             "\n".join(check_pod(a, leader, doc)))
+        rd = check_rdma(a)
+        if rd is not None:
+            tap(not rd, f"{w}: RDMA: IPC_LOCK, --gpu-check nccl, a --gpu-min-busbw floor",
+                "\n".join(rd))
         rank = 0 if leader else 1
         if exe is None:
             tap(True, f"{w}: lwsinit accepts the command line as rank {rank}", skip="LWSINIT is not set")
@@ -530,7 +627,7 @@ def check_service(name, doc, lws_docs):
     errs = []
     lws = [d for d in lws_docs if d.get("metadata", {}).get("name") == target]
     if not lws:
-        tap(False, f"{where}: selects a LeaderWorkerSet in the file", f"selector {sel}")
+        tap(False, f"{where}: selects a LeaderWorkerSet of the overlay", f"selector {sel}")
         return
     lwt = lws[0]["spec"]["leaderWorkerTemplate"]
     templates = []
@@ -565,6 +662,102 @@ def check_service(name, doc, lws_docs):
     tap(not errs, f"{where}: its name is not the LWS's, its targetPorts exist in the pods it selects", "\n".join(errs))
 
 
+def lws_ports(lws):
+    """{port name: containerPort} over every container of both templates."""
+    out = {}
+    lwt = (lws.get("spec") or {}).get("leaderWorkerTemplate") or {}
+    for key in ("leaderTemplate", "workerTemplate"):
+        for c in (((lwt.get(key) or {}).get("spec") or {}).get("containers") or []):
+            for p in c.get("ports") or []:
+                if p.get("name"):
+                    out[p["name"]] = p.get("containerPort")
+    return out
+
+
+def check_networkpolicy(name, docs, lws, agents):
+    """One policy for every group of LWS: the group's own traffic from the
+    LWS's pods only, the probe port and the Services' ports from outside."""
+    lname = lws["metadata"]["name"]
+    where = f"{name}: NetworkPolicy for LeaderWorkerSet {lname}"
+    nps = [d for d in docs if d.get("kind") == "NetworkPolicy"
+           and NAME_LABEL in str(((d.get("spec") or {}).get("podSelector") or {}))]
+    mine = [d for d in nps if ((d["spec"].get("podSelector") or {}).get("matchLabels") or {})
+            .get(NAME_LABEL) == lname]
+    if len(mine) != 1:
+        tap(False, f"{where}: exactly one", f"{len(mine)} NetworkPolicies select its pods by {NAME_LABEL}")
+        return
+    np = mine[0]
+    spec = np["spec"]
+    errs = []
+    ports = lws_ports(lws)
+    rdzv = {a.num("--rdzv-port") for a in agents.values()} or {7470}
+    probe = {a.probe_port() for a in agents.values()} or {7471}
+    sel = spec.get("podSelector") or {}
+    if sel.get("matchLabels") != {NAME_LABEL: lname} or sel.get("matchExpressions"):
+        errs.append(f"podSelector {sel}: want exactly {{{NAME_LABEL}: {lname}}}, every group "
+                    f"(one object per {GROUP_LABEL} must be re-made at every scale-up)")
+    if "Ingress" not in (spec.get("policyTypes") or []):
+        errs.append("policyTypes lacks Ingress")
+    same = [{"podSelector": {"matchLabels": {NAME_LABEL: lname}}}]
+
+    def resolve(pe):
+        """The port numbers a NetworkPolicyPort admits (None: every port)."""
+        if "port" not in pe:
+            return None
+        p = pe["port"]
+        if isinstance(p, str) and not p.isdigit():
+            if p not in ports:
+                errs.append(f"port name {p!r} is no containerPort name of the LWS's pods")
+                return set()
+            p = ports[p]
+        p = int(p)
+        return set(range(p, int(pe.get("endPort", p)) + 1))
+
+    group_rule = False
+    admitted = set()
+    for i, rule in enumerate(spec.get("ingress") or []):
+        if rule.get("from") == same and "ports" not in rule:
+            group_rule = True
+            continue
+        if "ports" not in rule:
+            errs.append(f"ingress[{i}] admits every port from {rule.get('from', 'anywhere')}")
+            continue
+        for pe in rule["ports"]:
+            got = resolve(pe)
+            if got is None:
+                errs.append(f"ingress[{i}] admits every port from {rule.get('from', 'anywhere')}")
+                continue
+            if got & rdzv:
+                errs.append(f"ingress[{i}] admits the rendezvous port {sorted(got & rdzv)} from "
+                            f"{rule.get('from', 'anywhere')}: only the LWS's own pods may reach it")
+            admitted |= got
+    if not group_rule:
+        errs.append(f"no rule admitting every port from {same} (the rendezvous, the engine's "
+                    "init port and NCCL's ports, which NCCL picks at run time)")
+    if not probe <= admitted:
+        errs.append(f"the probe port {sorted(probe)} is not admitted from outside the LWS "
+                    "(Prometheus scrapes /metrics there)")
+    for svc in docs:
+        if svc.get("kind") != "Service":
+            continue
+        if ((svc.get("spec") or {}).get("selector") or {}).get(NAME_LABEL) != lname:
+            continue
+        for sp in svc["spec"].get("ports") or []:
+            tp = sp.get("targetPort", sp.get("port"))
+            num = ports.get(tp, tp) if isinstance(tp, str) else tp
+            if num not in admitted:
+                errs.append(f"Service {svc['metadata']['name']}'s targetPort {tp!r} is not admitted")
+    tap(not errs, f"{where}: one policy for every group; all ports from the LWS's pods, the "
+        f"rendezvous from nowhere else; probes and the Service's port admitted", "\n".join(errs))
+
+
+def overlay_dirs():
+    if not os.path.isdir(OVERLAYS):
+        return []
+    return sorted(d for d in os.listdir(OVERLAYS)
+                  if os.path.exists(os.path.join(OVERLAYS, d, "kustomization.yaml")))
+
+
 def main():
     global crd_skip, opts_skip
     crd, crd_skip = load_crd() if PART != "rest" else (None, None)
@@ -586,26 +779,34 @@ def main():
         else:
             tap(len(opts.meta) > 10 and "--probe-addr" in opts.meta,
                 f"lwsinit --help lists the options ({len(opts.meta)})", "too few options parsed")
-    files = sorted(f for f in os.listdir(LWS_DIR) if f.endswith((".yaml", ".yml")))
-    tap(bool(files), f"manifests found in {os.path.relpath(LWS_DIR, REPO)}")
-    for f in files:
-        path = os.path.join(LWS_DIR, f)
+    flat = sorted(f for f in os.listdir(LWS_DIR) if f.endswith((".yaml", ".yml")))
+    tap(not flat, f"no flat manifests beside the overlays in {os.path.relpath(LWS_DIR, REPO)}",
+        f"{', '.join(flat)}: move them into an overlay (overlays/*/)")
+    overlays = overlay_dirs()
+    tap(bool(overlays), f"overlays found in {os.path.relpath(OVERLAYS, REPO)}: {', '.join(overlays)}")
+    for ov in overlays:
+        f = f"overlays/{ov}"
         try:
-            with open(path) as fh:
-                docs = [d for d in yaml.safe_load_all(fh) if d]
-        except yaml.YAMLError as e:
-            tap(False, f"{f}: parses as YAML", str(e))
+            docs = render(os.path.join(OVERLAYS, ov))
+        except RenderError as e:
+            tap(False, f"{f}: renders (resources, JSON 6902 patches, images)", str(e))
             continue
+        tap(True, f"{f}: renders (resources, JSON 6902 patches, images): "
+            + ", ".join(f"{d.get('kind')} {d.get('metadata', {}).get('name')}" for d in docs))
         lws_docs = [d for d in docs if d.get("kind") == "LeaderWorkerSet"]
         tap(bool(lws_docs), f"{f}: holds a LeaderWorkerSet")
         for d in docs:
             if d.get("kind") == "LeaderWorkerSet":
-                check_lws(f, d, crd, opts, exe if opts else None)
+                agents = check_lws(f, d, crd, opts, exe if opts else None)
+                if PART != "crd":
+                    check_networkpolicy(f, docs, d, agents or {})
             elif d.get("kind") == "Service" and PART != "crd":
                 check_service(f, d, lws_docs)
+            elif d.get("kind") == "NetworkPolicy":
+                pass  # checked with its LeaderWorkerSet
             elif PART != "crd":
                 tap(True, f"{f}: {d.get('kind')} {d.get('metadata', {}).get('name')}",
-                    skip="only LeaderWorkerSets and Services are checked")
+                    skip="only LeaderWorkerSets, Services and NetworkPolicies are checked")
     print(f"1..{n_tests}")
     return 1 if n_failed else 0
 

@@ -2,7 +2,7 @@
 """Checks container/monitoring/ as files (TAP; no agent runs here, see
 test_live.py for that): the rules file passes `promtool check rules`, the
 PrometheusRule is what gen-prometheusrule.py makes of rules.yaml, the
-PodMonitor scrapes a port that every lwsinit container of container/lws/
+PodMonitor scrapes a port that every lwsinit container of container/lws/overlays/
 names, every metric used is documented, the dashboard is a well-formed Grafana dashboard whose every panel
 queries something, the kustomization lists files that exist, and the
 PromQL parser the other checks rely on finds what it should.
@@ -86,22 +86,23 @@ def t_prometheusrule_agrees():
 
 
 def lwsinit_containers():
-    """[(file, template, container)] of every container that runs lwsinit
-    in container/lws/*.yaml."""
-    lws_dir = os.path.join(promql.REPO, "container", "lws")
+    """[(overlay, template, container)] of every container that runs lwsinit
+    in the overlays of container/lws/, rendered as `kubectl apply -k` would."""
+    sys.path.insert(0, os.path.join(promql.REPO, "tests", "manifests"))
+    from kustomize_render import render
+    lws_dir = os.path.join(promql.REPO, "container", "lws", "overlays")
     out = []
     for name in sorted(os.listdir(lws_dir)):
-        if not name.endswith(".yaml"):
+        if not os.path.exists(os.path.join(lws_dir, name, "kustomization.yaml")):
             continue
-        with open(os.path.join(lws_dir, name)) as f:
-            for doc in yaml.safe_load_all(f):
-                if not doc or doc.get("kind") != "LeaderWorkerSet":
-                    continue
-                tmpl = doc["spec"]["leaderWorkerTemplate"]
-                for which in ("leaderTemplate", "workerTemplate"):
-                    for c in tmpl.get(which, {}).get("spec", {}).get("containers", []):
-                        if "lwsinit" in " ".join(c.get("command", [])):
-                            out.append((name, which, c))
+        for doc in render(os.path.join(lws_dir, name)):
+            if not doc or doc.get("kind") != "LeaderWorkerSet":
+                continue
+            tmpl = doc["spec"]["leaderWorkerTemplate"]
+            for which in ("leaderTemplate", "workerTemplate"):
+                for c in tmpl.get(which, {}).get("spec", {}).get("containers", []):
+                    if "lwsinit" in " ".join(c.get("command", [])):
+                        out.append((name, which, c))
     return out
 
 
@@ -120,7 +121,7 @@ def t_podmonitor():
     port = eps[0].get("port")
     conts = lwsinit_containers()
     if len(conts) < 6:
-        why.append("found only %d lwsinit containers in container/lws/" % len(conts))
+        why.append("found only %d lwsinit containers in container/lws/overlays/" % len(conts))
     for fname, which, c in conts:
         ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
         if port not in ports:
@@ -141,7 +142,7 @@ def t_podmonitor():
         if got.get(target) != [meta]:
             why.append("relabeling to %s: expected %s, got %r" % (target, meta, got.get(target)))
     result(not why, "the PodMonitor selects LWS pods and scrapes the lwsinit-probe port of "
-           "each of the %d lwsinit containers in container/lws/" % len(conts), "\n".join(why))
+           "each of the %d lwsinit containers in container/lws/overlays/" % len(conts), "\n".join(why))
 
 
 def t_dashboard():
