@@ -90,7 +90,7 @@ static enum lwsi_status_child child_state(const struct lwsi_agent *a)
  * termination log (contract, "Exit status"). */
 static void report_failure(struct lwsi_agent *a, const char *why)
 {
-  snprintf(a->last_error, sizeof(a->last_error), "%s", why);
+  lwsi_text_copy(a->last_error, sizeof(a->last_error), why); /* truncation intended */
   lwsi_log_error("%s", why);
   const char *path = a->cfg->termination_log;
   int rc = lwsi_termlog_report(path, a->cfg->termination_log_given, why);
