@@ -424,6 +424,14 @@ static void hang_watch(struct lwsi_agent *a)
 
 /* ---- the engine ---------------------------------------------------- */
 
+/* Our engine's state changed: the group hears it with the next tick, not
+ * a heartbeat period later (the leader's /readyz waits on it). */
+static void beat_soon(struct lwsi_agent *a)
+{
+  if (a->rdzv_on)
+    lwsi_rdzv_beat_soon(&a->rdzv);
+}
+
 static void on_upstream(struct lwsi_upstream *u)
 {
   if (u->ok)
@@ -434,6 +442,7 @@ static void on_upstream(struct lwsi_upstream *u)
   else
     lwsi_log_warn("the engine's health URL fails: %s", u->last_error);
   hang_watch(u->data);
+  beat_soon(u->data);
 }
 
 /* Polls the engine's health URL, when there is one, after launch: libcurl
@@ -687,6 +696,7 @@ static void spawn_child(struct lwsi_agent *a, char **argv, const char *missing)
     lwsi_log_info("started %s '%s' as pid %d (rank %u of %u, epoch %u)", child_what(a),
                   argv[0], (int)a->sup.child, cfg->rank, cfg->size, a->rs.epoch);
     start_upstream(a, argv);
+    beat_soon(a);
   } else {
     char why[1024];
     /* A pid means a process was created and its exec failed. */
@@ -728,6 +738,7 @@ static void launch(struct lwsi_agent *a)
 
 static void on_child_exited(struct lwsi_agent *a, int status)
 {
+  beat_soon(a);
   int code = lwsi_supervisor_exit_code(status);
   char what[128], sig[LWSI_LOG_SIGNAL_NAME_MAX];
   if (WIFSIGNALED(status))

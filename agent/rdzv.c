@@ -218,6 +218,17 @@ uint16_t lwsi_rdzv_port(const struct lwsi_rdzv *r)
   return 0;
 }
 
+void lwsi_rdzv_beat_soon(struct lwsi_rdzv *r)
+{
+  if (r->state != LWSI_RDZV_RELEASED)
+    return;
+  uint64_t now = uv_now(r->loop);
+  if (r->next_hb > now)
+    r->next_hb = now;
+  uint64_t earliest = r->last_tick + r->tick_gap;
+  lwsi__rdzv_tick_arm(r, earliest > now ? earliest : now);
+}
+
 int lwsi_rdzv_set_leader(struct lwsi_rdzv *r, const char *ip)
 {
   if (r->leader || r->state == LWSI_RDZV_IDLE || ip == NULL)

@@ -291,6 +291,14 @@ uint16_t lwsi_rdzv_port(const struct lwsi_rdzv *r);
  * or final: a released worker never joins another leader). */
 int lwsi_rdzv_set_leader(struct lwsi_rdzv *r, const char *ip);
 
+/* After release: this agent's own state changed (its engine started or
+ * ended, its health flipped), so the next heartbeat goes out at the next
+ * tick, a tick gap (at most 100 ms) away, instead of after the rest of its
+ * period: the leader's readiness follows the members' engines that much
+ * sooner, and heartbeats still never come closer than the tick gap. A
+ * no-op before release or once left or closed. */
+void lwsi_rdzv_beat_soon(struct lwsi_rdzv *r);
+
 /* Says goodbye: sends a bye with reason (e.g. "SIGTERM") to every peer so
  * that they learn at once, stops heartbeats and retries, closes the
  * listener; no event is reported afterwards. Returns 0, or -EALREADY. */

@@ -34,6 +34,7 @@ struct agent {
   uint64_t app_seq[8];
   /* The test's hook, run after the event is recorded. */
   void (*hook)(struct agent *a, const struct lwsi_rdzv_event *ev);
+  bool upstream_down; /* what on_local reports */
 };
 
 static uv_loop_t loop;
@@ -103,8 +104,9 @@ static void on_event(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
 
 static void on_local(struct lwsi_rdzv *r, struct lwsi_rdzv_local *out)
 {
+  const struct agent *a = r->data;
   snprintf(out->child, sizeof(out->child), "running");
-  out->upstream = true;
+  out->upstream = a == NULL || !a->upstream_down;
 }
 
 static void setup(void)
@@ -1193,6 +1195,33 @@ static void test_idle_ticks(void)
   teardown(a, 2, what);
 }
 
+/* A member whose own state changed beats at the next tick: the leader
+ * sees the change well within the 1 s heartbeat period. */
+static void test_beat_soon(void)
+{
+  const char *what = "beat soon";
+  struct agent a[2];
+  form_with(a, 2, what, slow_heartbeat);
+  struct lwsi_rdzv_member m;
+  bool ok = WAIT_UNTIL(lwsi_rdzv_member(&a[0].r, 1, &m) == 0 && m.has_state && m.upstream, 3000);
+  TAP_OK(ok, "%s: the leader has the worker's state from its heartbeats", what);
+  pause_ms(150); /* well inside the worker's 1 s heartbeat period */
+  uint64_t t0 = now_ms();
+  a[1].upstream_down = true;
+  lwsi_rdzv_beat_soon(&a[1].r);
+  ok = WAIT_UNTIL(lwsi_rdzv_member(&a[0].r, 1, &m) == 0 && !m.upstream, 3000);
+  uint64_t took = now_ms() - t0;
+  TAP_OK(ok && took < 400, "%s: the leader sees the change in %llu ms (heartbeat 1000 ms)", what,
+         (unsigned long long)took);
+  lwsi_rdzv_beat_soon(&a[1].r);
+  lwsi_rdzv_beat_soon(&a[1].r);
+  uint64_t w0 = a[1].r.ticks;
+  pause_ms(300);
+  TAP_OK(a[1].r.ticks - w0 <= 4, "%s: calls in a row still tick at most once a tick gap (%llu)",
+         what, (unsigned long long)(a[1].r.ticks - w0));
+  teardown(a, 2, what);
+}
+
 /* After release, a closed worker is reported to the leader and to the
  * others at once. */
 static void test_loss_closed(void)
@@ -1702,6 +1731,7 @@ int main(void)
   test_set_leader();
   test_deadlines();
   test_idle_ticks();
+  test_beat_soon();
   test_loss_closed();
   test_loss_silent();
   test_bye();
