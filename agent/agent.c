@@ -736,6 +736,23 @@ static void launch(struct lwsi_agent *a)
   lwsi_expand_free(argv);
 }
 
+/* Preset mpi: the leader's COMMAND is the job, and its end, whatever its
+ * status, is the group's end rather than an engine failure: every worker
+ * exits with its status (contract, "Launching", preset mpi). */
+static bool mpi_job_ended(struct lwsi_agent *a, int code)
+{
+  if (!a->rsh_on || a->cfg->preset != LWSI_PRESET_MPI || !is_leader(a))
+    return false;
+  if (lwsi_rsh_group_exit(&a->rsh, code) < 0)
+    lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader leaves");
+  char why[64];
+  snprintf(why, sizeof(why), "the MPI job ended with status %d", code);
+  leave_group(a, why);
+  set_phase(a, LWSI_PHASE_STOPPING);
+  finish(a, code, NULL);
+  return true;
+}
+
 static void on_child_exited(struct lwsi_agent *a, int status)
 {
   beat_soon(a);
@@ -761,6 +778,8 @@ static void on_child_exited(struct lwsi_agent *a, int status)
   }
   if (ordered_child_exited(a, code))
     return;
+  if (mpi_job_ended(a, code))
+    return;
   if (restart_child_exited(a, code, what))
     return;
   /* An engine that ended on its own is an engine failure for the group
@@ -770,8 +789,6 @@ static void on_child_exited(struct lwsi_agent *a, int status)
     engine_failed_tell(a, what);
   char why[96];
   snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
-  if (a->rsh_on && lwsi_rsh_group_exit(&a->rsh, code) < 0)
-    lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader leaves");
   leave_group(a, why);
   if (a->phase != LWSI_PHASE_STOPPING)
     set_phase(a, LWSI_PHASE_STOPPING);

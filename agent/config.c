@@ -514,7 +514,12 @@ void lwsi_config_usage(int fd)
       preset_names("|", false, names, sizeof(names));
     snprintf(flag, sizeof(flag), "--%s %s", o->name, o->meta != NULL ? o->meta : names);
     env_name(o->name, env, sizeof(env));
-    dprintf(fd, "  %-36s %s\n", flag, o->help);
+    /* A flag wider than its column gets its help on a line of its own, as
+     * argparse does, so that the columns stay apart for readers and tools. */
+    if (strlen(flag) > 36)
+      dprintf(fd, "  %s\n  %-36s %s\n", flag, "", o->help);
+    else
+      dprintf(fd, "  %-36s %s\n", flag, o->help);
     dprintf(fd, "  %-36s env %s%s%s; default: %s\n", "", env, o->lws_env ? ", " : "",
             o->lws_env ? o->lws_env : "", o->def ? o->def : "unset");
   }

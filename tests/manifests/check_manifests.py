@@ -126,7 +126,9 @@ class Options:
         self.default = {}   # "--grace" -> "30"
         last = None
         for line in text.splitlines():
-            m = re.match(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)(?: (\S+))?\s{2,}\S", line)
+            # A flag and its help on one line, or (a flag wider than the
+            # column) the flag alone, its help on the next line.
+            m = re.match(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)(?: (\S+))?(?:\s{2,}\S|$)", line)
             if m:
                 last = m.group(1)
                 self.meta[last] = m.group(2)

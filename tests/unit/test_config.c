@@ -312,7 +312,7 @@ static void test_presets(void)
     buf[n] = '\0';
     fclose(f);
   }
-  TAP_OK(strstr(buf, "--preset none|sglang|vllm|vllm-dp|vllm-ray|sglang-ray|mpi ") != NULL,
+  TAP_OK(strstr(buf, "--preset none|sglang|vllm|vllm-dp|vllm-ray|sglang-ray|mpi\n") != NULL,
          "--help lists the presets");
   /* What the presets leave to COMMAND. */
   const char *ok1[] = {"--preset", "vllm", "vllm", "serve", "--data-parallel-hybrid-lb", NULL};
