@@ -357,8 +357,12 @@ static void on_group_message(struct lwsi_agent *a, const struct lwsi_rdzv_event 
   if (strcmp(ev->kind, MSG_STOPPING) == 0) {
     if (!a->sup.stopping && a->sup.child_running && a->stop_exit_code == 0)
       ordered_stop_begin(a, SIGTERM, "the leader is stopping");
-    else if (!a->sup.child_running && a->sup.child == 0 && !a->done) {
-      /* Before launch (a GPU check, say) there is no engine to order. */
+    else if (!a->sup.child_running && a->sup.child == 0 && !a->done &&
+             !mpi_worker_serving(a)) {
+      /* Before launch (a GPU check, say) there is no engine to order. A
+       * worker of preset mpi serves the leader's job instead of an engine
+       * of its own: it stays until the job's end (mpi_exit) or the
+       * leader's bye, as when the leader is lost. */
       lwsi_log_info("the leader is stopping before the engine started; exiting 143");
       leave_group(a, "the leader is stopping");
       set_phase(a, LWSI_PHASE_STOPPING);
@@ -763,15 +767,20 @@ static void on_child_exited(struct lwsi_agent *a, int status)
     return;
   if (restart_child_exited(a, code, what))
     return;
-  /* An engine that ended on its own is an engine failure for the group
-   * (contract, "Membership"): the others learn which rank and why before
-   * this member's bye. */
-  if (a->phase != LWSI_PHASE_STOPPING)
+  /* Preset mpi: the leader's COMMAND ending is the job's end, which every
+   * worker exits with (mpi_exit), not a failure that would make them exit
+   * 6. Otherwise an engine that ended on its own is an engine failure for
+   * the group (contract, "Membership"): the others learn which rank and
+   * why before this member's bye. */
+  if (a->cfg->preset == LWSI_PRESET_MPI) {
+    if (a->rsh_on && lwsi_rsh_group_exit(&a->rsh, code) < 0)
+      lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader "
+                    "leaves");
+  } else if (a->phase != LWSI_PHASE_STOPPING) {
     engine_failed_tell(a, what);
+  }
   char why[96];
   snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
-  if (a->rsh_on && lwsi_rsh_group_exit(&a->rsh, code) < 0)
-    lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader leaves");
   leave_group(a, why);
   if (a->phase != LWSI_PHASE_STOPPING)
     set_phase(a, LWSI_PHASE_STOPPING);
