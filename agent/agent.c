@@ -1075,10 +1075,9 @@ static bool phases_divert(struct lwsi_agent *a)
 static const char *phase_pod(void *data, uint32_t rank)
 {
   struct lwsi_agent *a = data;
-  struct lwsi_rdzv_member *m = &a->member_rows[0];
-  if (a->member_rows == NULL || lwsi_rdzv_member(&a->rdzv, rank, m) < 0)
+  if (a->member_rows == NULL || lwsi_rdzv_member(&a->rdzv, rank, &a->member_rows[0]) < 0)
     return "";
-  return m->pod;
+  return a->member_rows[0].pod;
 }
 
 static void phases_deadline(struct lwsi_agent *a)
