@@ -15,6 +15,7 @@
 #include "lwsinit/status.h"
 #include "lwsinit/termlog.h"
 #include "lwsinit/text.h"
+#include "lwsinit/wire.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -152,6 +153,22 @@ static void stop_for_group(struct lwsi_agent *a, int code, const char *why)
 #define MSG_ENGINE_EXITED "engine_exited"
 #define MSG_ENGINE_FAILED "engine_failed"
 
+/* The rank a group message speaks for. A worker speaks for itself only:
+ * the rendezvous gives its connection's rank, which the join proved; a
+ * "rank" in its data is not taken (a worker must not name another rank's
+ * failure). The leader speaks for anyone: it passes on what a worker said.
+ * -1: the leader named no rank, or one no group has. */
+static int64_t msg_rank(const struct lwsi_rdzv_event *ev, const cJSON *o)
+{
+  if (ev->rank != 0)
+    return ev->rank;
+  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
+  return cJSON_IsNumber(rank) && rank->valuedouble >= 0 &&
+                 rank->valuedouble < LWSI_WIRE_MAX_SIZE
+             ? (int64_t)rank->valuedouble
+             : -1;
+}
+
 static bool group_released(const struct lwsi_agent *a)
 {
   return a->rdzv_on && a->rdzv.state == LWSI_RDZV_RELEASED && a->cfg->size > 1;
@@ -239,16 +256,25 @@ static void on_engine_failed(struct lwsi_agent *a, const struct lwsi_rdzv_event 
   if (restart_engine_failed_msg(a, ev))
     return;
   cJSON *o = cJSON_Parse(ev->data);
-  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
   const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
+  const char *text = cJSON_IsString(reason) ? reason->valuestring : "no reason given";
   char why[1400];
-  long long r = cJSON_IsNumber(rank) ? (long long)rank->valuedouble : ev->rank;
-  snprintf(why, sizeof(why), "the engine failed on rank %lld: %s", r,
-           cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+  long long r = msg_rank(ev, o);
+  snprintf(why, sizeof(why), "the engine failed on rank %lld: %s", r, text);
   /* The leader passes the word on before it leaves, so that every worker
-   * names the failed rank rather than a lost leader. */
-  if (a->cfg->rank == 0 && group_released(a))
-    lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, ev->data);
+   * names the failed rank rather than a lost leader: in its own words,
+   * with the rank the sender's connection proved. */
+  if (a->cfg->rank == 0 && group_released(a)) {
+    char data[1200], copy[700];
+    lwsi_text_copy(copy, sizeof(copy), text);
+    cJSON *relay = cJSON_CreateObject();
+    cJSON_AddNumberToObject(relay, "rank", (double)r);
+    cJSON_AddStringToObject(relay, "reason", copy);
+    if (cJSON_PrintPreallocated(relay, data, sizeof(data), 0) &&
+        lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_FAILED, data) < 0)
+      lwsi_log_debug("cannot pass on that an engine failed");
+    cJSON_Delete(relay);
+  }
   cJSON_Delete(o);
   leave_group(a, "an engine of the group failed");
   stop_for_group(a, LWSI_EXIT_PEER, why);
@@ -357,8 +383,12 @@ static void on_group_message(struct lwsi_agent *a, const struct lwsi_rdzv_event 
   if (strcmp(ev->kind, MSG_STOPPING) == 0) {
     if (!a->sup.stopping && a->sup.child_running && a->stop_exit_code == 0)
       ordered_stop_begin(a, SIGTERM, "the leader is stopping");
-    else if (!a->sup.child_running && a->sup.child == 0 && !a->done) {
-      /* Before launch (a GPU check, say) there is no engine to order. */
+    else if (!a->sup.child_running && a->sup.child == 0 && !a->done &&
+             !mpi_worker_serving(a)) {
+      /* Before launch (a GPU check, say) there is no engine to order. A
+       * worker of preset mpi serves the leader's job instead of an engine
+       * of its own: it stays until the job's end (mpi_exit) or the
+       * leader's bye, as when the leader is lost. */
       lwsi_log_info("the leader is stopping before the engine started; exiting 143");
       leave_group(a, "the leader is stopping");
       set_phase(a, LWSI_PHASE_STOPPING);
@@ -782,11 +812,18 @@ static void on_child_exited(struct lwsi_agent *a, int status)
     return;
   if (restart_child_exited(a, code, what))
     return;
-  /* An engine that ended on its own is an engine failure for the group
-   * (contract, "Membership"): the others learn which rank and why before
-   * this member's bye. */
-  if (a->phase != LWSI_PHASE_STOPPING)
+  /* Preset mpi: the leader's COMMAND ending is the job's end, which every
+   * worker exits with (mpi_exit), not a failure that would make them exit
+   * 6. Otherwise an engine that ended on its own is an engine failure for
+   * the group (contract, "Membership"): the others learn which rank and
+   * why before this member's bye. */
+  if (a->cfg->preset == LWSI_PRESET_MPI) {
+    if (a->rsh_on && lwsi_rsh_group_exit(&a->rsh, code) < 0)
+      lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader "
+                    "leaves");
+  } else if (a->phase != LWSI_PHASE_STOPPING) {
     engine_failed_tell(a, what);
+  }
   char why[96];
   snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
   leave_group(a, why);
@@ -1057,10 +1094,9 @@ static bool phases_divert(struct lwsi_agent *a)
 static const char *phase_pod(void *data, uint32_t rank)
 {
   struct lwsi_agent *a = data;
-  struct lwsi_rdzv_member *m = &a->member_rows[0];
-  if (a->member_rows == NULL || lwsi_rdzv_member(&a->rdzv, rank, m) < 0)
+  if (a->member_rows == NULL || lwsi_rdzv_member(&a->rdzv, rank, &a->member_rows[0]) < 0)
     return "";
-  return m->pod;
+  return a->member_rows[0].pod;
 }
 
 static void phases_deadline(struct lwsi_agent *a)
@@ -1186,17 +1222,14 @@ static bool phases_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *e
   if (launch_service(a) == NULL || a->done || !phases_setup(a))
     return true;
   cJSON *o = cJSON_Parse(ev->data);
-  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
   const cJSON *phase = cJSON_GetObjectItemCaseSensitive(o, "phase");
   const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
-  /* A worker speaks for itself only; the leader for anyone. */
-  uint32_t r = (uint32_t)ev->rank;
-  if (ev->rank == 0 && cJSON_IsNumber(rank) && rank->valuedouble >= 0)
-    r = (uint32_t)rank->valuedouble;
-  if (step && cJSON_IsString(phase)) {
+  int64_t r = msg_rank(ev, o);
+  if (step && cJSON_IsString(phase) && r >= 0) {
     int s = lwsi_phases_step_parse(phase->valuestring);
-    if (s > 0 && lwsi_phases_group_set(&a->phases.group, r, (enum lwsi_phases_step)s) == 0) {
-      lwsi_log_debug("rank %u is in launch phase '%s'", r, phase->valuestring);
+    if (s > 0 &&
+        lwsi_phases_group_set(&a->phases.group, (uint32_t)r, (enum lwsi_phases_step)s) == 0) {
+      lwsi_log_debug("rank %lld is in launch phase '%s'", (long long)r, phase->valuestring);
       if (a->cfg->rank == 0)
         phases_maybe_engine(a);
       else if (r == 0 && s >= LWSI_PHASES_WAIT_GROUP &&
@@ -2419,7 +2452,11 @@ static void restart_member_joined(struct lwsi_agent *a, const struct lwsi_rdzv_e
 static int64_t restart_msg_epoch(const cJSON *o)
 {
   const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "epoch");
-  return cJSON_IsNumber(e) && e->valuedouble >= 0 ? (int64_t)e->valuedouble : -1;
+  /* An epoch counts restarts (a uint32_t): anything larger is no epoch,
+   * and converting it would be undefined (C11 6.3.1.4). */
+  return cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble <= UINT32_MAX
+             ? (int64_t)e->valuedouble
+             : -1;
 }
 
 /* engine_failed under --on-failure restart. Returns true when taken. */
@@ -2429,9 +2466,8 @@ static bool restart_engine_failed_msg(struct lwsi_agent *a, const struct lwsi_rd
     return false;
   cJSON *o = cJSON_Parse(ev->data);
   int64_t epoch = restart_msg_epoch(o);
-  const cJSON *rank = cJSON_GetObjectItemCaseSensitive(o, "rank");
   const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "reason");
-  int64_t r = cJSON_IsNumber(rank) ? (int64_t)rank->valuedouble : ev->rank;
+  int64_t r = msg_rank(ev, o);
   bool final = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "final"));
   char why[1400];
   snprintf(why, sizeof(why), "the engine failed on rank %lld: %s", (long long)r,

@@ -458,6 +458,19 @@ static void leader_seat(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   lwsi_text_copy(s->addr, sizeof(s->addr), c->addr);
 }
 
+/* Sends c the member table, as every member got it at the release; a
+ * table that cannot be made breaks c (why), which reports its loss. */
+static void leader_send_release(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const char *why)
+{
+  uint8_t *frame;
+  size_t len;
+  int rc = leader_release_frame(r, &frame, &len);
+  if (rc < 0)
+    lwsi__rdzv_mark_broken(c, rc, why);
+  else
+    lwsi__rdzv_send_frame(c, frame, len);
+}
+
 /* After release, the same incarnation joins again: it gave up on its
  * connection (a handshake timeout on a starved node) just as we released
  * the group with it, so it never saw the release and launched nothing. It
@@ -472,13 +485,7 @@ static void leader_rejoin(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   s->has_state = false;
   s->rtt_us = -1;
   leader_send_welcome(r, c, j);
-  uint8_t *frame;
-  size_t len;
-  int rc = leader_release_frame(r, &frame, &len);
-  if (rc < 0)
-    lwsi__rdzv_mark_broken(c, rc, "cannot send the member table again");
-  else
-    lwsi__rdzv_send_frame(c, frame, len);
+  leader_send_release(r, c, "cannot send the member table again");
   /* It missed what was broadcast on its old connection: the latest of each
    * kind again, after the release, in the order they were sent. */
   for (uint32_t i = 0; r->as_leader.kept != NULL && i < LWSI_RDZV_APP_KEPT && !c->broken; i++) {
@@ -512,13 +519,7 @@ static void leader_replace(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   s->dist_port = j->dist_port;
   s->gpus = j->gpus;
   leader_send_welcome(r, c, j);
-  uint8_t *frame;
-  size_t len;
-  int rc = leader_release_frame(r, &frame, &len);
-  if (rc < 0)
-    lwsi__rdzv_mark_broken(c, rc, "cannot send the member table");
-  else
-    lwsi__rdzv_send_frame(c, frame, len);
+  leader_send_release(r, c, "cannot send the member table");
   lwsi__rdzv_emit(r, LWSI_RDZV_EV_JOINED, j->rank, c->addr, j->pod, 0,
                   "rank %u joined in the place of a lost member", j->rank);
 }

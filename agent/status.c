@@ -517,8 +517,9 @@ int lwsi_status_print(FILE *out, const char *json)
 }
 
 /* Metrics: names follow the Prometheus conventions (the lwsinit_ prefix,
- * base units, _total for counters), so that dashboards need no renaming. */
-/* Each member's engine, as its heartbeats report it: child running, and
+ * base units, _total for counters), so that dashboards need no renaming.
+ *
+ * Each member's engine, as its heartbeats report it: child running, and
  * upstream healthy where the member polls one. */
 static void member_health_metrics(const struct lwsi_status_snapshot *s,
                                   struct lwsi_buf *b)

@@ -253,6 +253,10 @@ static int held_stop(uint64_t drain_ms, uint64_t max_ms, uint64_t release_ms)
   char *argv[] = {"sh", "-c", "exec sleep 30", NULL};
   if (lwsi_supervisor_spawn(&sup, argv, environ) != 0)
     return -1;
+  /* The loop's clock stands where its last iteration left it, before the
+   * spawn: the hold's and the release's timers must count from now, as
+   * t0 does (uv_update_time(3)), or a slow spawn makes them fire early. */
+  uv_update_time(&loop);
   uint64_t t0 = now_ms();
   lwsi_supervisor_hold(&sup, max_ms);
   lwsi_supervisor_stop(&sup, SIGTERM, true);
