@@ -346,6 +346,11 @@ static bool ordered_child_exited(struct lwsi_agent *a, int code)
   if (!a->ordered_stop)
     return false;
   char why[96];
+  /* Preset mpi: the job's end, even when stopped, is every worker's end,
+   * with its status (contract, "Launching", preset mpi). */
+  if (a->rsh_on && a->cfg->preset == LWSI_PRESET_MPI && is_leader(a) &&
+      lwsi_rsh_group_exit(&a->rsh, code) < 0)
+    lwsi_log_debug("cannot tell the workers that the MPI job ended");
   if (a->cfg->rank == 0 && group_released(a) &&
       lwsi_rdzv_app_broadcast(&a->rdzv, MSG_ENGINE_EXITED, "{}") < 0)
     lwsi_log_debug("cannot tell the workers that the leader's engine exited");
@@ -812,18 +817,11 @@ static void on_child_exited(struct lwsi_agent *a, int status)
     return;
   if (restart_child_exited(a, code, what))
     return;
-  /* Preset mpi: the leader's COMMAND ending is the job's end, which every
-   * worker exits with (mpi_exit), not a failure that would make them exit
-   * 6. Otherwise an engine that ended on its own is an engine failure for
-   * the group (contract, "Membership"): the others learn which rank and
-   * why before this member's bye. */
-  if (a->cfg->preset == LWSI_PRESET_MPI) {
-    if (a->rsh_on && lwsi_rsh_group_exit(&a->rsh, code) < 0)
-      lwsi_log_warn("cannot tell the workers that the MPI job ended; they stop as the leader "
-                    "leaves");
-  } else if (a->phase != LWSI_PHASE_STOPPING) {
+  /* An engine that ended on its own is an engine failure for the group
+   * (contract, "Membership"): the others learn which rank and why before
+   * this member's bye. */
+  if (a->phase != LWSI_PHASE_STOPPING)
     engine_failed_tell(a, what);
-  }
   char why[96];
   snprintf(why, sizeof(why), "the engine on rank %u exited with status %d", a->cfg->rank, code);
   leave_group(a, why);
