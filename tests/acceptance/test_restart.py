@@ -286,6 +286,58 @@ def t_gpu_never_free(t):
     nothing_left(t, 2)
 
 
+# The same engine, but one that ignores SIGTERM where the agent's
+# environment says so (the disposition survives exec, signal(7)), so that
+# its stop for a restart takes --grace and the test can crash it meanwhile.
+ENGINE_STUBBORN = ('D=$0; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+                   '>> "$D/launch-$LWSINIT_RANK"; '
+                   '[ -n "$LWSI_T_IGNORE_TERM" ] && trap "" TERM; exec sleep 600')
+
+
+def t_crash_while_restarting(t):
+    """A member's engine crashes again during `restarting`, before the
+    relaunch: rank 2's engine ignores SIGTERM (--grace 6), and while the
+    restart begun by rank 1's crash waits for it, the test kills it
+    (SIGKILL). The restart under way covers that crash: the group
+    relaunches once, under epoch 1, with --max-restarts 1 not spent twice,
+    every agent up, no engine twice in one epoch. A crash after that
+    relaunch spends the budget: the group gives up as with exit (rank 1
+    137, the others 6), nothing left running."""
+    g = Group(t, 3, opts=FAST + ["--grace", "6", "--max-restarts", "1"])
+    for r in range(3):
+        env = {"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)}
+        if r == 2:
+            env["LWSI_T_IGNORE_TERM"] = "1"
+        g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], env=env,
+                engine=["sh", "-c", ENGINE_STUBBORN, t.tmp, "{epoch}"])
+    wait_epoch(t, g, range(3), 0)
+    stubborn = launches(t, 2)[-1][2]
+    crash(t, 1)
+    lt.wait_for(lambda: status(g, 2).get("phase") == "restarting", 5, "rank 2 to restart")
+    # Past the 1 s backoff: only rank 2's engine, still in its grace, holds
+    # the relaunch back.
+    lt.sleep_until(lt.now() + 1.5)
+    t.ok(alive(stubborn), "rank 2's engine still runs in its grace")
+    t.eq([e for e, _, _ in launches(t, 0)], [0], "nobody relaunched before rank 2 was ready")
+    os.kill(stubborn, signal.SIGKILL)
+    wait_epoch(t, g, range(3), 1)
+    lt.sleep_until(lt.now() + 2.5)  # a second restart would have come by now (2 s backoff)
+    for r in range(3):
+        t.ok(g.agents[r].running(), "rank %d's agent stays up" % r)
+        t.eq([e for e, _, _ in launches(t, r)], [0, 1], "rank %d's launches" % r)
+        s = status(g, r)
+        t.ok(s.get("epoch") == 1 and s.get("restarts") == 1,
+             "rank %d's /status: epoch %r, restarts %r" % (r, s.get("epoch"), s.get("restarts")))
+    check_once_per_epoch(t, 3)
+    crash(t, 1)
+    t.agent_rc(g.agents[1], 137, timeout=15)
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    t.agent_rc(g.agents[2], 6, timeout=15)
+    t.ok("giving up" in g.agents[0].stderr(), "the leader says why")
+    check_once_per_epoch(t, 3)
+    nothing_left(t, 3)
+
+
 lt.main([
     ("--gpus: the restart waits for the GPUs to be free", t_gpu_wait),
     ("GPUs never free (--gpu-free-timeout): exit as with exit", t_gpu_never_free),
@@ -296,4 +348,6 @@ lt.main([
     ("the leader killed while restarting: the worker exits 6", t_leader_killed_while_restarting),
     ("a lost member not replaced in --rejoin-timeout: exit 6", t_lost_member_not_replaced),
     ("a killed worker agent replaced at its rank: the group restarts", t_worker_replaced),
+    ("an engine crashing again while restarting: one restart, then the budget",
+     t_crash_while_restarting),
 ])
