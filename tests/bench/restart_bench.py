@@ -52,8 +52,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import children_of, free_port, write_section  # noqa: E402
-from rdzv_bench import (build_lwsinit, probe_ip, reap_all, run_context, spawn,  # noqa: E402
-                        wait_for, wait_pids)
+from rdzv_bench import (LwsGroup, build_lwsinit, probe_ip, run_context, spawn,  # noqa: E402
+                        wait_for)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -140,9 +140,9 @@ def stamp_of(path):
         return None
 
 
-class Group:
+class Group(LwsGroup):
     """N agents on loopback (rank r at probe_ip(r)), started and, in the
-    exit mode, started again by this script."""
+    exit mode, started again by this script; stopped as rdzv_bench's."""
 
     def __init__(self, lwsinit, n, root, engine, opts):
         self.lwsinit, self.n, self.engine, self.opts = lwsinit, n, engine, list(opts)
@@ -186,21 +186,7 @@ class Group:
             return ""
 
     def stop(self):
-        pids = list(self.pids.values())
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if not wait_pids(pids, 30):
-            for p in pids:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            wait_pids(pids, 10)
-        time.sleep(0.1)
-        reap_all()
+        LwsGroup.stop(self)
         shutil.rmtree(self.d, ignore_errors=True)
 
 
