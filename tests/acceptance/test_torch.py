@@ -19,6 +19,8 @@ A rank that is alive but answers nothing (stopped with SIGSTOP, as a hung
 process or a partitioned node looks from outside) does leave them hung:
 they block in the collective until gloo's timeout (60 s here). Both cases
 are checked, with bounded waits; everything started is killed at the end.
+The stopped rank under lwsinit, its engine's health URL served by a thread
+of the script and --hang-timeout 2, restarts the group instead.
 """
 import os
 import signal
@@ -46,6 +48,24 @@ def put(name, text):
 
 
 put("pid-%d-%d" % (rank, epoch), "%d\n" % os.getpid())
+if os.environ.get("HEALTH_PORT"):
+    # A health URL for the agent's --upstream, served by a thread: a
+    # process stopped as a whole (SIGSTOP) stops answering it.
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["HEALTH_PORT"])),
+                                          Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
 import torch
 import torch.distributed as dist
 dist.init_process_group("gloo", init_method="tcp://%s:%d" % (leader, port), rank=rank,
@@ -159,6 +179,47 @@ def t_restart(t):
         t.ok(not os.path.exists(t.path("pid-%d-2" % r)), "rank %d: no epoch 2" % r)
 
 
+def t_restart_stopped(t):
+    """The case torch alone stays hung in (below): rank 2 stopped (SIGSTOP)
+    while ranks 0 and 1 wait in a second all-reduce. Under lwsinit with
+    --hang-timeout 2, rank 2's health URL (a thread of the engine) stops
+    answering, its agent declares the engine hung, and the group restarts:
+    every rank's all-reduce of epoch 1 gives 306."""
+    py, _ = torch_python()
+    eng = script(t)
+    dist_port = lt.free_port()
+    opts = ["--heartbeat", "100", "--peer-timeout", str(int(3000 * lt.SCALE)),
+            "--upstream-interval", "100", "--upstream-timeout", "300", "--hang-timeout", "2",
+            "--grace", "1", "--on-failure", "restart", "--node-check", "off",
+            "--dist-port", str(dist_port)]
+    g = Group(t, SIZE, opts=opts)
+    for r in range(SIZE):
+        port = lt.free_port()
+        env = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "HEALTH_PORT": str(port)}
+        g.start(r, leader="127.0.0.1", env=env,
+                opts=["--upstream", "http://127.0.0.1:%d/health" % port],
+                engine=[py, eng, t.tmp, "{dist_port}", "second"])
+    wait_sums(t, 0, 6, timeout=60)
+    for r in range(SIZE):
+        lt.wait_for(lambda r=r: os.path.exists(t.path("second-%d" % r)), 20,
+                    "rank %d at its second all-reduce" % r)
+    # The agent's poll has seen the health URL answer (the hang timer
+    # counts only after one healthy answer).
+    lt.wait_for(lambda: g.ready(0), 20, "the leader to be ready")
+    stopped = read_int(t, "pid-2-0")
+    t0 = lt.now()
+    os.kill(stopped, signal.SIGSTOP)
+    wait_sums(t, 1, 306, timeout=60)
+    took = lt.now() - t0
+    t.le(2.0, took, 2.0 + 20.0 * lt.SCALE, "epoch 1's all-reduce %.1f s after the stop "
+         "(--hang-timeout 2)" % took)
+    t.note("epoch 1's all-reduce came %.1f s after the stop" % took)
+    t.ok("hung" in g.agents[2].stderr(), "rank 2's agent says its engine hung")
+    for r in range(SIZE):
+        t.ok(not alive(read_int(t, "pid-%d-0" % r)), "rank %d's engine of epoch 0 is gone" % r)
+        t.ok(g.agents[r].running(), "rank %d's agent stays up" % r)
+
+
 def plain_group(t, mode):
     """The same script, three plain processes on loopback, no lwsinit."""
     py, _ = torch_python()
@@ -234,6 +295,8 @@ def t_plain_stopped(t):
 lt.main([
     ("torch gloo group, rank 1 killed: all ranks relaunched under epoch 1, "
      "all-reduce right", t_restart),
+    ("torch gloo group, rank 2 stopped during an all-reduce: --hang-timeout restarts it",
+     t_restart_stopped),
     ("torch alone, a rank killed during an all-reduce: survivors fail, "
      "no relaunch", t_plain_killed),
     ("torch alone, a rank stopped during an all-reduce: survivors hang", t_plain_stopped),
