@@ -13,6 +13,8 @@ pkgs=(
   # test_mpi.py (a real MPI) and tests/bench/rsh_bench.py (ssh to compare)
   openmpi-bin libopenmpi-dev openssh-server openssh-client
   prometheus
+  # test_torch.py: a real PyTorch gloo group under --on-failure restart
+  python3-torch
 )
 
 missing=()

@@ -286,6 +286,105 @@ def t_gpu_never_free(t):
     nothing_left(t, 2)
 
 
+# The same engine, but one that ignores SIGTERM where the agent's
+# environment says so (the disposition survives exec, signal(7)), so that
+# its stop for a restart takes --grace and the test can crash it meanwhile.
+# Where LWSI_T_CRASH_FROM says so, it exits 3 at once from that epoch on
+# (an engine that cannot start any more: a crash loop).
+ENGINE_STUBBORN = ('D=$0; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+                   '>> "$D/launch-$LWSINIT_RANK"; '
+                   '[ -n "$LWSI_T_CRASH_FROM" ] && [ "$LWSINIT_EPOCH" -ge "$LWSI_T_CRASH_FROM" ] '
+                   '&& exit 3; '
+                   '[ -n "$LWSI_T_IGNORE_TERM" ] && trap "" TERM; exec sleep 600')
+
+
+def crash_while_restarting(t, victim):
+    """A member's engine crashes again during `restarting`, before the
+    relaunch: victim's engine ignores SIGTERM (--grace 6), and while the
+    restart begun by rank 1's crash waits for it, the test kills it
+    (SIGKILL). The restart under way covers that crash: the group
+    relaunches once, under epoch 1, with --max-restarts 1 not spent twice,
+    every agent up, no engine twice in one epoch. A crash after that
+    relaunch spends the budget: the group gives up as with exit (rank 1
+    137, the others 6), nothing left running."""
+    g = Group(t, 3, opts=FAST + ["--grace", "6", "--max-restarts", "1"])
+    for r in range(3):
+        env = {"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)}
+        if r == victim:
+            env["LWSI_T_IGNORE_TERM"] = "1"
+        g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], env=env,
+                engine=["sh", "-c", ENGINE_STUBBORN, t.tmp, "{epoch}"])
+    wait_epoch(t, g, range(3), 0)
+    stubborn = launches(t, victim)[-1][2]
+    crash(t, 1)
+    lt.wait_for(lambda: status(g, victim).get("phase") == "restarting", 5,
+                "rank %d to restart" % victim)
+    # Past the 1 s backoff: only the victim's engine, still in its grace,
+    # holds the relaunch back.
+    lt.sleep_until(lt.now() + 1.5)
+    t.ok(alive(stubborn), "rank %d's engine still runs in its grace" % victim)
+    t.eq([e for e, _, _ in launches(t, 0)], [0], "nobody relaunched before rank %d was ready"
+         % victim)
+    os.kill(stubborn, signal.SIGKILL)
+    wait_epoch(t, g, range(3), 1)
+    lt.sleep_until(lt.now() + 2.5)  # a second restart would have come by now (2 s backoff)
+    for r in range(3):
+        t.ok(g.agents[r].running(), "rank %d's agent stays up" % r)
+        t.eq([e for e, _, _ in launches(t, r)], [0, 1], "rank %d's launches" % r)
+        s = status(g, r)
+        t.ok(s.get("epoch") == 1 and s.get("restarts") == 1,
+             "rank %d's /status: epoch %r, restarts %r" % (r, s.get("epoch"), s.get("restarts")))
+    check_once_per_epoch(t, 3)
+    crash(t, 1)
+    t.agent_rc(g.agents[1], 137, timeout=15)
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    t.agent_rc(g.agents[2], 6, timeout=15)
+    t.ok("giving up" in g.agents[0].stderr(), "the leader says why")
+    check_once_per_epoch(t, 3)
+    nothing_left(t, 3)
+
+
+def t_crash_loop(t):
+    """Rank 1's engine crashes (the test kills it), then its relaunched
+    engines exit 3 at once, while the others are just launched: with
+    --max-restarts 2 the group restarts once more (epoch 2, after a 2 s
+    backoff), then gives up: rank 1 exits 3, the others 6; every rank
+    launched once in each of epochs 0, 1 and 2; nothing left running."""
+    g = Group(t, 3, opts=FAST + ["--max-restarts", "2"])
+    for r in range(3):
+        env = {"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)}
+        if r == 1:
+            env["LWSI_T_CRASH_FROM"] = "1"
+        g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], env=env,
+                engine=["sh", "-c", ENGINE_STUBBORN, t.tmp, "{epoch}"])
+    wait_epoch(t, g, range(3), 0)
+    t0 = lt.now()
+    crash(t, 1)
+    t.agent_rc(g.agents[1], 3, timeout=20)
+    took = lt.now() - t0
+    t.agent_rc(g.agents[0], 6, timeout=15)
+    t.agent_rc(g.agents[2], 6, timeout=15)
+    t.note("gave up %.2f s after the first crash" % took)
+    t.le(3.0, took, 3.0 + 5.0 * lt.SCALE, "gave up %.1f s after the first crash (1 s, then "
+         "2 s of backoff)" % took)
+    for r in range(3):
+        t.eq([e for e, _, _ in launches(t, r)], [0, 1, 2], "rank %d's launches" % r)
+    err = g.agents[0].stderr()
+    t.ok("--max-restarts 2" in err and "giving up" in err, "the leader says why")
+    check_once_per_epoch(t, 3)
+    nothing_left(t, 3)
+
+
+def t_crash_while_restarting(t):
+    """A worker's engine (rank 2) crashes while the group restarts."""
+    crash_while_restarting(t, 2)
+
+
+def t_leader_crash_while_restarting(t):
+    """The leader's engine crashes while the group restarts."""
+    crash_while_restarting(t, 0)
+
+
 lt.main([
     ("--gpus: the restart waits for the GPUs to be free", t_gpu_wait),
     ("GPUs never free (--gpu-free-timeout): exit as with exit", t_gpu_never_free),
@@ -296,4 +395,10 @@ lt.main([
     ("the leader killed while restarting: the worker exits 6", t_leader_killed_while_restarting),
     ("a lost member not replaced in --rejoin-timeout: exit 6", t_lost_member_not_replaced),
     ("a killed worker agent replaced at its rank: the group restarts", t_worker_replaced),
+    ("a worker's engine crashing while restarting: one restart, then the budget",
+     t_crash_while_restarting),
+    ("the leader's engine crashing while restarting: the same",
+     t_leader_crash_while_restarting),
+    ("a relaunched engine that crashes at once: restarts once more, then gives up",
+     t_crash_loop),
 ])
