@@ -74,6 +74,7 @@ work=$(mktemp -d /tmp/gpureal.XXXXXX)
 logs=$work/logs
 mkdir -p "$logs" "$work/run"
 exec > >(tee "$out/run.log") 2>&1
+tee_pid=$!
 
 CC=${CC:-cc}
 BYTES=${BYTES:-268435456}
@@ -119,7 +120,14 @@ cleanup() {
   emulator=""
   return 0
 }
-trap cleanup EXIT
+# At exit: what is left in the background, then run.log complete (tee
+# writes until its input closes).
+finish() {
+  cleanup
+  exec >&- 2>&-
+  wait "$tee_pid" 2>/dev/null
+}
+trap finish EXIT
 
 results=()
 json=()
