@@ -137,6 +137,8 @@ static void add_members(const struct lwsi_status_snapshot *s, cJSON *doc)
     } else if (m->rank == s->rank) {
       /* Our own row: the state we would put in a heartbeat. */
       cJSON_AddStringToObject(o, "child", lwsi_status_child_name(s->child.state));
+      if (m->has_health)
+        cJSON_AddBoolToObject(o, "upstream", m->upstream);
     }
     if (m->has_health)
       add_member_health(m, o);

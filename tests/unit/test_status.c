@@ -372,6 +372,19 @@ static void test_leader(void)
              strcmp(rows[1].child, "not-started") == 0,
          "a worker's child.state before launch is the word its row on the leader shows");
 
+  /* The leader's own row shows its own engine's health, as a heartbeat
+   * would carry it: a healthy leader's row reads ok, not failing. */
+  rows[0].has_health = true;
+  rows[0].upstream_on = true;
+  rows[0].upstream = true;
+  const char *own = text_of(&s);
+  TAP_OK(own != NULL && strstr(own, "         0     10.0.0.10              yes      -          "
+                                    "not-started ok        sglang-0\n") != NULL,
+         "the leader's own row: its upstream, healthy, reads ok");
+  rows[0].has_health = false;
+  rows[0].upstream_on = false;
+  rows[0].upstream = false;
+
   /* Every member's row in the text, a broken group in the document. */
   s.group.broken = "rank 2 was lost: silent for 12 s";
   s.peer_losses = 1;
