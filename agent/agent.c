@@ -803,7 +803,8 @@ static void on_child_exited(struct lwsi_agent *a, int status)
    * killer's SIGKILL) is the pod's failure: its line goes to the
    * termination log, where `kubectl describe pod` shows it. An end we
    * asked for (a stop, a lost member) is not. */
-  if (code != 0 && a->stop_exit_code == 0 && a->phase != LWSI_PHASE_STOPPING)
+  if (code != 0 && a->stop_exit_code == 0 && a->phase != LWSI_PHASE_STOPPING &&
+      a->phase != LWSI_PHASE_RESTARTING)
     report_failure(a, what);
   else
     lwsi_log_info("%s", what);

@@ -21,9 +21,13 @@ HB = 100
 FAST = ["--heartbeat", str(HB), "--peer-timeout", str(int(2000 * lt.SCALE)),
         "--upstream-interval", str(HB), "--upstream-timeout", "300", "--grace", "2",
         "--on-failure", "restart", "--node-check", "off"]
-# $0: the folder; $1: {epoch} as the agent expanded it.
-ENGINE = ('D=$0; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
-          '>> "$D/launch-$LWSINIT_RANK"; exec sleep 600')
+# $0: the folder; $1: {epoch} as the agent expanded it. A SIGTERM that
+# comes while the launch is being recorded (a group that restarts at once)
+# waits for the record, then ends the engine as it would have: every launch
+# is counted.
+ENGINE = ('D=$0; trap "T=1" TERM; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+          '>> "$D/launch-$LWSINIT_RANK"; trap - TERM; [ -z "$T" ] || kill -TERM $$; '
+          'exec sleep 600')
 
 
 def engine(t):
