@@ -1267,6 +1267,8 @@ static void check_maybe_launch(struct lwsi_agent *a)
 {
   if (a->done || a->sup.child != 0 || !a->gpu_verdict_ok || !a->gpu_gone)
     return;
+  if (a->gpu_timer_on)
+    uv_timer_stop(&a->gpu_deadline);
   launch(a);
 }
 
@@ -1476,10 +1478,15 @@ static void start_check(struct lwsi_agent *a)
   char *argv[] = {prog, (char *)mode, "--proto", "--gpus", gpus, "--bytes", bytes,
                   "--timeout-ms", tmo, "--min-busbw", bw, "--nodes", nodes, "--node-rank", rank,
                   NULL};
-  a->gpu_seen = calloc(cfg->size, 1);
-  uv_timer_init(&a->loop, &a->gpu_deadline);
-  a->gpu_deadline.data = a;
-  a->gpu_timer_on = true;
+  /* A restart runs the check again (check_again): the table and the
+   * deadline's timer of the first run serve every later one. */
+  if (a->gpu_seen == NULL)
+    a->gpu_seen = calloc(cfg->size, 1);
+  if (!a->gpu_timer_on) {
+    uv_timer_init(&a->loop, &a->gpu_deadline);
+    a->gpu_deadline.data = a;
+    a->gpu_timer_on = true;
+  }
   uv_timer_start(&a->gpu_deadline, on_check_deadline, t, 0);
   a->gpu.data = a;
   a->gpu_on = true;
@@ -2153,6 +2160,42 @@ static void restart_engine_gone(struct lwsi_agent *a)
                 (double)a->cfg->gpu_free_timeout_ms / 1000.0, (int)a->rs.old_engine);
 }
 
+/* The GPU check of the last launch is over (or, when the group failed
+ * while it ran, ends now): its handles close here, so that they are closed
+ * long before check_again reuses them (the relaunch waits for the backoff,
+ * at least RESTART_BACKOFF_MS, and a worker's relaunch follows its own
+ * restart_ready), and its deadline no longer counts. */
+static void check_end_for_restart(struct lwsi_agent *a)
+{
+  if (a->gpu_timer_on)
+    uv_timer_stop(&a->gpu_deadline);
+  if (a->gpu_on) {
+    lwsi_gpurun_close(&a->gpu);
+    a->gpu_on = false;
+  }
+}
+
+/* Before a relaunch the GPU check runs again, as before the first launch
+ * (contract, "Checks before launch"): a restart often follows a GPU fault
+ * (an Xid, a falling-off-the-bus), and an engine launched on a GPU that
+ * no longer works would fail again after its long load instead of the
+ * check naming the GPU within --gpu-check-timeout. Every member runs it;
+ * the leader, which starts its own right after its relaunch message,
+ * gathers the results again from nothing. */
+static void check_again(struct lwsi_agent *a)
+{
+  memset(&a->gpu, 0, sizeof(a->gpu));
+  a->gpu_verdict_ok = false;
+  a->gpu_gone = false;
+  a->gpu_passed = 0;
+  a->gpu_model[0] = '\0';
+  a->gpu_model_rank = 0;
+  if (a->gpu_seen != NULL)
+    memset(a->gpu_seen, 0, a->cfg->size);
+  lwsi_log_info("running the GPU check again before the relaunch under epoch %u", a->rs.epoch);
+  start_check(a);
+}
+
 /* Enters `restarting`: the engine stops (SIGTERM, --grace, SIGKILL of its
  * process group), its health stops being polled. */
 static void restart_enter(struct lwsi_agent *a)
@@ -2166,6 +2209,7 @@ static void restart_enter(struct lwsi_agent *a)
     lwsi_upstream_close(&a->upstream);
     a->upstream_on = false;
     a->rs.old_engine = a->sup.child;
+    check_end_for_restart(a);
   }
   if (a->sup.child_running) {
     if (!a->sup.stopping) {
@@ -2542,6 +2586,10 @@ static void restart_relaunch(struct lwsi_agent *a)
   a->rs.gone = false;
   a->rs.own_failed = false;
   lwsi_supervisor_rearm(&a->sup);
+  if (a->cfg->gpu_check != LWSI_GPU_CHECK_NONE) {
+    check_again(a);
+    return;
+  }
   set_phase(a, LWSI_PHASE_CHECKING);
   launch(a);
 }

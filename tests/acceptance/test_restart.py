@@ -269,6 +269,89 @@ def t_gpu_wait(t):
     check_once_per_epoch(t, 2)
 
 
+def gpu_check_group(t, size, opts=()):
+    """A group with --gpu-check cuda on the fake GPUs, its check program
+    behind a wrapper that appends "RANK MODE UPTIME" to checks for every
+    run (the GPU wait, gpu-free, runs the same program)."""
+    wrapper = t.path("gpucheck-wrapper")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\necho "$LWSINIT_T_RANK $1 $(cut -d" " -f1 /proc/uptime)" >> "%s"\n'
+                'exec "%s" "$@"\n' % (t.path("checks"), GPUCHECK))
+    os.chmod(wrapper, 0o755)
+    g = Group(t, size, opts=FAST + ["--gpus", "2", "--gpu-check", "cuda", "--gpu-check-bytes",
+                                    "65536", "--gpu-check-timeout", "8"] + list(opts))
+    for r in range(size):
+        env = gpu_env(t, r)
+        env.update({"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r),
+                    "LWSINIT_GPUCHECK": wrapper, "LWSINIT_CUDART": FAKEGPU,
+                    "LWSINIT_NCCL": FAKEGPU, "LWSINIT_NODE_CHECK": "warn",
+                    "LWSINIT_T_RANK": str(r)})
+        g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], engine=engine(t), env=env)
+    return g
+
+
+def checks(t, rank):
+    """The uptimes of rank's GPU check runs (not its GPU waits)."""
+    try:
+        with open(t.path("checks")) as f:
+            rows = [line.split() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+    return [float(u) for r, mode, u in rows if r == str(rank) and mode == "cuda"]
+
+
+def launch_times(t, rank):
+    with open(t.path("launch-%d" % rank)) as f:
+        return [float(line.split()[3]) for line in f if line.strip()]
+
+
+def t_gpu_check_again(t):
+    """--gpu-check cuda: the check runs once on each member before the
+    first launch, and again on each member after a crash, after the crash
+    and before that member's relaunch under epoch 1; one check a launch."""
+    g = gpu_check_group(t, 2)
+    wait_epoch(t, g, range(2), 0)
+    for r in range(2):
+        t.eq(len(checks(t, r)), 1, "rank %d checked its GPUs once before the first launch" % r)
+    crashed = uptime()
+    crash(t, 1)
+    wait_epoch(t, g, range(2), 1)
+    for r in range(2):
+        cs, ls = checks(t, r), launch_times(t, r)
+        t.eq(len(cs), 2, "rank %d checked its GPUs again for the relaunch" % r)
+        t.ok(cs[1] >= crashed - 0.02 and cs[1] <= ls[1],
+             "rank %d: the second check (%.2f) came after the crash (%.2f) and before the "
+             "relaunch (%.2f)" % (r, cs[1], crashed, ls[1]))
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "running", 5,
+                    "rank %d to be running" % r)
+    t.ok("running the GPU check again" in g.agents[0].stderr(), "the leader says so")
+    check_once_per_epoch(t, 2)
+
+
+def t_gpu_check_again_fails(t):
+    """The check run again fails on a member (the fake library loses a
+    GPU: FAKEGPU_DEVICES=1 from the relaunch on): the group ends as a
+    failed check ends it before the first launch (exit 5 on both), nobody
+    launches under epoch 1, nothing left running."""
+    g = gpu_check_group(t, 2)
+    wait_epoch(t, g, range(2), 0)
+    # Rank 1's check sees one GPU of its two from now on.
+    wrapper = t.path("gpucheck-wrapper")
+    with open(wrapper + ".new", "w") as f:
+        f.write('#!/bin/sh\necho "$LWSINIT_T_RANK $1 $(cut -d" " -f1 /proc/uptime)" >> "%s"\n'
+                '[ "$LWSINIT_T_RANK" = 1 ] && [ "$1" = cuda ] && export FAKEGPU_DEVICES=1\n'
+                'exec "%s" "$@"\n' % (t.path("checks"), GPUCHECK))
+    os.chmod(wrapper + ".new", 0o755)
+    os.rename(wrapper + ".new", wrapper)
+    crash(t, 0)
+    t.agent_rc(g.agents[1], 5, timeout=30)
+    t.agent_rc(g.agents[0], 5, timeout=30)
+    t.ok("GPU check failed on rank 1" in g.agents[0].stderr(), "the leader names rank 1")
+    for r in range(2):
+        t.eq([e for e, _, _ in launches(t, r)], [0], "rank %d launched nothing more" % r)
+    nothing_left(t, 2)
+
+
 def t_gpu_never_free(t):
     """A member whose GPUs never free up (--gpu-free-timeout 1): the group
     ends as with exit: that member exits with its engine's status, the
@@ -388,6 +471,9 @@ def t_leader_crash_while_restarting(t):
 lt.main([
     ("--gpus: the restart waits for the GPUs to be free", t_gpu_wait),
     ("GPUs never free (--gpu-free-timeout): exit as with exit", t_gpu_never_free),
+    ("--gpu-check: the check runs again before the relaunch", t_gpu_check_again),
+    ("--gpu-check: a check that fails before the relaunch ends the group",
+     t_gpu_check_again_fails),
     ("a worker's engine crash: the group relaunches under epoch 1", t_worker_crash_restarts),
     ("the leader's engine crash: the same", t_leader_crash_restarts),
     ("a hung engine (--hang-timeout): the group restarts", t_hang_restarts),
