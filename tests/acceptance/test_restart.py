@@ -14,8 +14,9 @@ import re
 import signal
 import time
 
+import dnsfix
 import lwsitest as lt
-from test_group import Group
+from test_group import LEADER_NAME, Group
 from test_group_health import Health
 
 HB = 100
@@ -199,23 +200,118 @@ def t_budget(t):
     nothing_left(t, 2)
 
 
-def t_leader_killed_while_restarting(t):
-    """The leader's engine crashes and its agent is killed during
-    `restarting` (the backoff): the worker exits 6, its engine stopped,
-    nothing left running."""
-    g = group(t, 2)
-    wait_epoch(t, g, range(2), 0)
-    crash(t, 0)
-    lt.wait_for(lambda: status(g, 0).get("phase") == "restarting", 5, "the leader to restart")
+def kill_leader(t, g):
+    """SIGKILL to the leader's agent, and its engines with it (the pod's
+    other processes go with its container)."""
     g.agents[0].kill(signal.SIGKILL)
     for _, _, pid in launches(t, 0):
         try:
-            os.kill(pid, signal.SIGKILL)  # the pod's other processes go with it
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def t_leader_killed_while_restarting(t):
+    """The leader's engine crashes and its agent is killed during
+    `restarting` (the backoff), and no new leader comes within
+    --rejoin-timeout: the worker exits 6, its engine stopped, nothing left
+    running."""
+    g = group(t, 2, opts=["--rejoin-timeout", "2"])
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 0)
+    lt.wait_for(lambda: status(g, 0).get("phase") == "restarting", 5, "the leader to restart")
+    kill_leader(t, g)
     t.agent_rc(g.agents[1], 6, timeout=15)
     t.eq(len(launches(t, 1)), 1, "the worker launched nothing more")
     nothing_left(t, 2)
+
+
+def t_leader_replaced(t):
+    """The leader's agent is killed (SIGKILL, its engine with it) and a new
+    leader agent starts at rank 0 within --rejoin-timeout: every worker
+    stops its engine, joins the new leader, and the whole group relaunches
+    under epoch 1, which the new leader took from the workers (it knows
+    nothing of epoch 0); no engine twice in one epoch; then a worker's
+    crash restarts the new group under epoch 2 as usual."""
+    g = group(t, 3, opts=["--rejoin-timeout", "20"])
+    wait_epoch(t, g, range(3), 0)
+    old = [launches(t, r)[-1][2] for r in (1, 2)]
+    kill_leader(t, g)
+    for r in (1, 2):
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "restarting", 10,
+                    "rank %d to be restarting" % r)
+    for pid in old:
+        lt.wait_for(lambda pid=pid: not alive(pid), 10, "the workers' engines to stop")
+    t0 = lt.now()
+    start(t, g, 0)
+    wait_epoch(t, g, range(3), 1, timeout=20)
+    t.note("relaunched %.2f s after the new leader started" % (lt.now() - t0))
+    for r in range(3):
+        t.ok(g.agents[r].running(), "rank %d's agent is up" % r)
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "running", 5,
+                    "rank %d to be running" % r)
+        t.eq(status(g, r).get("epoch"), 1, "rank %d's /status epoch" % r)
+    t.ok("goes on under epoch 1" in g.agents[0].stderr(), "the new leader says where the "
+         "epoch comes from")
+    for r in (1, 2):
+        t.ok("waiting up to 20 s (--rejoin-timeout) for a new leader" in g.agents[r].stderr(),
+             "rank %d says it waits for a new leader" % r)
+    check_once_per_epoch(t, 3)
+    crash(t, 2)
+    wait_epoch(t, g, range(3), 2, timeout=20)
+    check_once_per_epoch(t, 3)
+
+
+def t_leader_not_replaced(t):
+    """The leader's agent is killed and no new leader comes within
+    --rejoin-timeout 2: the workers stop their engines and exit 6 after
+    it, saying why; nothing left running."""
+    g = group(t, 3, opts=["--rejoin-timeout", "2"])
+    wait_epoch(t, g, range(3), 0)
+    kill_leader(t, g)
+    t0 = lt.now()
+    for r in (1, 2):
+        t.agent_rc(g.agents[r], 6, timeout=15)
+    took = lt.now() - t0
+    t.le(1.5, took, 2.0 + 4.0 * lt.SCALE, "the workers gave up %.2f s after the loss "
+         "(--rejoin-timeout 2)" % took)
+    for r in (1, 2):
+        t.ok("no new leader" in g.agents[r].stderr() and "--rejoin-timeout" in
+             g.agents[r].stderr(), "rank %d says why" % r)
+        t.eq(len(launches(t, r)), 1, "rank %d launched nothing more" % r)
+    # The killed leader's engine is the test's to reap (its agent is gone).
+    for r in (1, 2):
+        pid = launches(t, r)[0][2]
+        lt.wait_for(lambda pid=pid: not alive(pid), 10, "rank %d's engine to be gone" % r)
+
+
+def t_leader_moved(t):
+    """The leader's pod is recreated at a new IP: its DNS record moves, a
+    new leader agent starts, and the workers, resolving the name again,
+    join it there; the group relaunches under epoch 1."""
+    with dnsfix.Dns() as dns:
+        g = Group(t, 2, dns=dns, opts=FAST + ["--rejoin-timeout", "20"])
+        dns.add(LEADER_NAME, g.ip(0))
+        for r in range(2):
+            g.start(r, opts=["--upstream", "none"], engine=engine(t),
+                    env={"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)})
+        wait_epoch(t, g, range(2), 0)
+        kill_leader(t, g)
+        lt.wait_for(lambda: status(g, 1).get("phase") == "restarting", 10,
+                    "rank 1 to be restarting")
+        moved = g.ip(5)
+        dns.add(LEADER_NAME, moved)
+        # The new leader listens on every address, the old one too: it
+        # starts once the worker has moved, so that the join proves where
+        # the worker went.
+        lt.wait_for(lambda: "now resolves to %s" % moved in g.agents[1].stderr(), 10,
+                    "the worker to resolve the leader's name again")
+        g.start(0, opts=["--upstream", "none"], engine=engine(t),
+                env={"LWSINIT_TERMINATION_LOG": t.path("termlog-0")})
+        wait_epoch(t, g, range(2), 1, timeout=20)
+        t.ok("joined the leader at %s:" % moved in g.agents[1].stderr(),
+             "the worker joined the new leader at %s" % moved)
+        check_once_per_epoch(t, 2)
 
 
 def t_lost_member_not_replaced(t):
@@ -496,9 +592,14 @@ lt.main([
     ("the leader's engine crash: the same", t_leader_crash_restarts),
     ("a hung engine (--hang-timeout): the group restarts", t_hang_restarts),
     ("--max-restarts 1 and two crashes: exit as with exit", t_budget),
-    ("the leader killed while restarting: the worker exits 6", t_leader_killed_while_restarting),
+    ("the leader killed while restarting, not replaced: the worker exits 6",
+     t_leader_killed_while_restarting),
     ("a lost member not replaced in --rejoin-timeout: exit 6", t_lost_member_not_replaced),
     ("a killed worker agent replaced at its rank: the group restarts", t_worker_replaced),
+    ("the leader's agent replaced at rank 0: the group relaunches under epoch 1",
+     t_leader_replaced),
+    ("no new leader within --rejoin-timeout: the workers exit 6", t_leader_not_replaced),
+    ("the leader's record moves to a new IP: the workers join it there", t_leader_moved),
     ("a worker's engine crashing while restarting: one restart, then the budget",
      t_crash_while_restarting),
     ("the leader's engine crashing while restarting: the same",
