@@ -2355,6 +2355,17 @@ static uint32_t restart_recent(struct lwsi_agent *a, uint64_t now)
   return kept;
 }
 
+/* The line of a restart beyond the budget: why, and the count. */
+static void restart_spent(const struct lwsi_agent *a, char *buf, size_t len, const char *why,
+                          uint32_t recent)
+{
+  snprintf(buf, len,
+           "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
+           "--restart-window): giving up",
+           why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
+           a->cfg->max_restarts);
+}
+
 /* Leader: the group restarts because of rank's failure in epoch, or gives
  * up. lost: rank's agent is gone, and its replacement must join. */
 static void restart_failure(struct lwsi_agent *a, int64_t rank, uint32_t epoch, bool lost,
@@ -2386,11 +2397,7 @@ static void restart_failure(struct lwsi_agent *a, int64_t rank, uint32_t epoch, 
   uint32_t recent = restart_recent(a, now);
   if (recent >= a->cfg->max_restarts) {
     char full[1600];
-    snprintf(full, sizeof(full),
-             "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
-             "--restart-window): giving up",
-             why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
-             a->cfg->max_restarts);
+    restart_spent(a, full, sizeof(full), why, recent);
     restart_give_up(a, rank, full);
     return;
   }
@@ -2548,11 +2555,7 @@ static void restart_leader_lost(struct lwsi_agent *a, const char *why)
   uint32_t recent = restart_recent(a, uv_now(&a->loop));
   if (recent >= a->cfg->max_restarts) {
     char full[1600];
-    snprintf(full, sizeof(full),
-             "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
-             "--restart-window): giving up",
-             why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
-             a->cfg->max_restarts);
+    restart_spent(a, full, sizeof(full), why, recent);
     restart_exit(a, code, full);
     return;
   }

@@ -285,6 +285,25 @@ def t_leader_not_replaced(t):
         lt.wait_for(lambda pid=pid: not alive(pid), 10, "rank %d's engine to be gone" % r)
 
 
+def t_leader_lost_budget(t):
+    """--max-restarts 1: a worker's crash spends the budget, so the
+    leader's loss after it ends the group at once: the worker exits 6
+    without waiting for a new leader, saying why."""
+    g = group(t, 2, opts=["--max-restarts", "1", "--rejoin-timeout", "20"])
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 1)
+    wait_epoch(t, g, range(2), 1)
+    kill_leader(t, g)
+    t0 = lt.now()
+    t.agent_rc(g.agents[1], 6, timeout=10)
+    t.le(0, lt.now() - t0, 3.0 * lt.SCALE, "the worker gave up at once, not after "
+         "--rejoin-timeout")
+    err = g.agents[1].stderr()
+    t.ok("--max-restarts 1" in err and "giving up" in err, "the worker says why")
+    pid = launches(t, 1)[-1][2]
+    lt.wait_for(lambda: not alive(pid), 10, "rank 1's engine to be gone")
+
+
 def t_leader_moved(t):
     """The leader's pod is recreated at a new IP: its DNS record moves, a
     new leader agent starts, and the workers, resolving the name again,
@@ -390,13 +409,18 @@ def gpu_check_group(t, size, opts=()):
     g = Group(t, size, opts=FAST + ["--gpus", "2", "--gpu-check", "cuda", "--gpu-check-bytes",
                                     "65536", "--gpu-check-timeout", "8"] + list(opts))
     for r in range(size):
-        env = gpu_env(t, r)
-        env.update({"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r),
-                    "LWSINIT_GPUCHECK": wrapper, "LWSINIT_CUDART": FAKEGPU,
-                    "LWSINIT_NCCL": FAKEGPU, "LWSINIT_NODE_CHECK": "warn",
-                    "LWSINIT_T_RANK": str(r)})
-        g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], engine=engine(t), env=env)
+        gpu_check_start(t, g, r)
     return g
+
+
+def gpu_check_start(t, g, r):
+    env = gpu_env(t, r)
+    env.update({"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r),
+                "LWSINIT_GPUCHECK": t.path("gpucheck-wrapper"), "LWSINIT_CUDART": FAKEGPU,
+                "LWSINIT_NCCL": FAKEGPU, "LWSINIT_NODE_CHECK": "warn",
+                "LWSINIT_T_RANK": str(r)})
+    return g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], engine=engine(t),
+                   env=env)
 
 
 def checks(t, rank):
@@ -434,6 +458,24 @@ def t_gpu_check_again(t):
         lt.wait_for(lambda r=r: status(g, r).get("phase") == "running", 5,
                     "rank %d to be running" % r)
     t.ok("running the GPU check again" in g.agents[0].stderr(), "the leader says so")
+    check_once_per_epoch(t, 2)
+
+
+def t_gpu_check_new_leader(t):
+    """--gpu-check cuda and the leader's agent replaced: the group formed
+    around the new leader checks its GPUs again (the workers a second
+    time, the new leader its first) before it launches under epoch 1."""
+    g = gpu_check_group(t, 2, opts=["--rejoin-timeout", "20"])
+    wait_epoch(t, g, range(2), 0)
+    g.agents[0].kill(signal.SIGKILL)
+    os.kill(launches(t, 0)[-1][2], signal.SIGKILL)
+    lt.wait_for(lambda: status(g, 1).get("phase") == "restarting", 10, "rank 1 to restart")
+    gpu_check_start(t, g, 0)
+    wait_epoch(t, g, range(2), 1)
+    t.eq(len(checks(t, 0)), 2, "rank 0 (both leaders) checked its GPUs twice in all")
+    cs, ls = checks(t, 1), launch_times(t, 1)
+    t.ok(len(cs) == 2 and ls[0] <= cs[1] <= ls[1], "rank 1 checked again before its relaunch "
+         "(%r, launches %r)" % (cs, ls))
     check_once_per_epoch(t, 2)
 
 
@@ -588,6 +630,7 @@ lt.main([
     ("--gpu-check: the check runs again before the relaunch", t_gpu_check_again),
     ("--gpu-check: a check that fails before the relaunch ends the group",
      t_gpu_check_again_fails),
+    ("--gpu-check: the group formed around a new leader checks again", t_gpu_check_new_leader),
     ("a worker's engine crash: the group relaunches under epoch 1", t_worker_crash_restarts),
     ("the leader's engine crash: the same", t_leader_crash_restarts),
     ("a hung engine (--hang-timeout): the group restarts", t_hang_restarts),
@@ -600,6 +643,8 @@ lt.main([
      t_leader_replaced),
     ("no new leader within --rejoin-timeout: the workers exit 6", t_leader_not_replaced),
     ("the leader's record moves to a new IP: the workers join it there", t_leader_moved),
+    ("the budget spent, then the leader lost: the worker exits 6 at once",
+     t_leader_lost_budget),
     ("a worker's engine crashing while restarting: one restart, then the budget",
      t_crash_while_restarting),
     ("the leader's engine crashing while restarting: the same",
