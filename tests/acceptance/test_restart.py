@@ -24,13 +24,12 @@ FAST = ["--heartbeat", str(HB), "--peer-timeout", str(int(2000 * lt.SCALE)),
         "--upstream-interval", str(HB), "--upstream-timeout", "300", "--grace", "2",
         "--on-failure", "restart", "--node-check", "off"]
 # $0: the folder; $1: {epoch} as the agent expanded it. A SIGTERM that
-# comes before the launch is written down (a restart begun by another
-# member's engine that crashes at once) waits for the line: a shell runs
-# its trap once the command under way is done (POSIX, "trap"), and an
-# engine that was launched is always counted.
-RECORD = ('trap "T=1" TERM; D=$0; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
-          '>> "$D/launch-$LWSINIT_RANK"; trap - TERM; [ -n "$T" ] && exit 143; ')
-ENGINE = RECORD + 'exec sleep 600'
+# comes while the launch is being recorded (a group that restarts at once)
+# waits for the record, then ends the engine as it would have: every launch
+# is counted.
+ENGINE = ('D=$0; trap "T=1" TERM; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+          '>> "$D/launch-$LWSINIT_RANK"; trap - TERM; [ -z "$T" ] || kill -TERM $$; '
+          'exec sleep 600')
 
 
 def engine(t):
@@ -525,7 +524,9 @@ def t_gpu_never_free(t):
 # its stop for a restart takes --grace and the test can crash it meanwhile.
 # Where LWSI_T_CRASH_FROM says so, it exits 3 at once from that epoch on
 # (an engine that cannot start any more: a crash loop).
-ENGINE_STUBBORN = (RECORD +
+ENGINE_STUBBORN = ('D=$0; trap "T=1" TERM; '
+                   'echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+                   '>> "$D/launch-$LWSINIT_RANK"; trap - TERM; [ -z "$T" ] || kill -TERM $$; '
                    '[ -n "$LWSI_T_CRASH_FROM" ] && [ "$LWSINIT_EPOCH" -ge "$LWSI_T_CRASH_FROM" ] '
                    '&& exit 3; '
                    '[ -n "$LWSI_T_IGNORE_TERM" ] && trap "" TERM; exec sleep 600')
