@@ -72,6 +72,9 @@ static void restart_member_joined(struct lwsi_agent *a, const struct lwsi_rdzv_e
 static bool restart_engine_failed_msg(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev);
 static void restart_close(struct lwsi_agent *a);
+static bool restart_rejoined(struct lwsi_agent *a);
+static void restart_epoch_seen(struct lwsi_agent *a, int64_t rank, const cJSON *o);
+static bool restart_take_epoch(struct lwsi_agent *a, const cJSON *o);
 static void check_program(char *buf, size_t len);
 
 /* The engine's state, in the one vocabulary that the status document and
@@ -1268,6 +1271,8 @@ static void check_maybe_launch(struct lwsi_agent *a)
 {
   if (a->done || a->sup.child != 0 || !a->gpu_verdict_ok || !a->gpu_gone)
     return;
+  if (a->gpu_timer_on)
+    uv_timer_stop(&a->gpu_deadline);
   launch(a);
 }
 
@@ -1477,10 +1482,15 @@ static void start_check(struct lwsi_agent *a)
   char *argv[] = {prog, (char *)mode, "--proto", "--gpus", gpus, "--bytes", bytes,
                   "--timeout-ms", tmo, "--min-busbw", bw, "--nodes", nodes, "--node-rank", rank,
                   NULL};
-  a->gpu_seen = calloc(cfg->size, 1);
-  uv_timer_init(&a->loop, &a->gpu_deadline);
-  a->gpu_deadline.data = a;
-  a->gpu_timer_on = true;
+  /* A restart runs the check again (check_again): the table and the
+   * deadline's timer of the first run serve every later one. */
+  if (a->gpu_seen == NULL)
+    a->gpu_seen = calloc(cfg->size, 1);
+  if (!a->gpu_timer_on) {
+    uv_timer_init(&a->loop, &a->gpu_deadline);
+    a->gpu_deadline.data = a;
+    a->gpu_timer_on = true;
+  }
   uv_timer_start(&a->gpu_deadline, on_check_deadline, t, 0);
   a->gpu.data = a;
   a->gpu_on = true;
@@ -1556,6 +1566,9 @@ static void node_verdict(struct lwsi_agent *a, bool ok, const char *reason)
   cJSON *o = cJSON_CreateObject();
   cJSON_AddBoolToObject(o, "ok", ok);
   cJSON_AddStringToObject(o, "reason", reason);
+  /* The epoch the group launches under (0, or more after a new leader
+   * took over a group that ran before: restart_epoch_seen). */
+  cJSON_AddNumberToObject(o, "epoch", a->rs.epoch);
   if (cJSON_PrintPreallocated(o, data, sizeof(data), 0) && a->cfg->size > 1)
     lwsi_rdzv_app_broadcast(&a->rdzv, "node_verdict", data);
   cJSON_Delete(o);
@@ -1623,6 +1636,10 @@ static void node_exchange(struct lwsi_agent *a)
   cJSON *o = cJSON_CreateObject();
   cJSON_AddBoolToObject(o, "ok", ok);
   cJSON_AddStringToObject(o, "failure", a->node_fail);
+  /* A member that ran an engine before (its leader was lost, and this is
+   * a new one) says under which epoch, so that the group goes on above it. */
+  if (a->rs.launched >= 0)
+    cJSON_AddNumberToObject(o, "epoch", a->rs.epoch);
   if (cJSON_PrintPreallocated(o, data, sizeof(data), 0))
     lwsi_rdzv_app_send(&a->rdzv, "node_check", data);
   cJSON_Delete(o);
@@ -1639,13 +1656,16 @@ static bool node_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev)
   bool ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "ok"));
   if (report && a->cfg->rank == 0 && ev->rank > 0) {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, "failure");
+    restart_epoch_seen(a, ev->rank, o);
     node_result(a, (uint32_t)ev->rank, ok,
                 cJSON_IsString(f) ? f->valuestring : "a report the leader cannot read");
   } else if (verdict && a->cfg->rank > 0 && !a->node_verdict_ok && !a->done) {
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "reason");
     if (ok) {
-      a->node_verdict_ok = true;
-      start_check(a);
+      if (restart_take_epoch(a, o)) {
+        a->node_verdict_ok = true;
+        start_check(a);
+      }
     } else {
       finish(a, LWSI_EXIT_GPU,
              cJSON_IsString(r) ? r->valuestring : "the node check failed on another member");
@@ -1783,6 +1803,8 @@ static void on_rdzv(struct lwsi_rdzv *r, const struct lwsi_rdzv_event *ev)
       lwsi_log_info("lost the leader before the group formed (%s); reconnecting", ev->reason);
     return;
   case LWSI_RDZV_EV_RELEASED:
+    if (restart_rejoined(a))
+      return;
     a->launch_compared = r->leader && a->cfg->launch_check != LWSI_LAUNCHCK_OFF;
     on_released(a);
     return;
@@ -2082,9 +2104,17 @@ static void restart_maybe_ready(struct lwsi_agent *a)
   lwsi_log_info("ready for epoch %u: the old engine is gone", a->rs.epoch);
 }
 
+static void restart_rejoin_go(struct lwsi_agent *a);
+
+static int64_t restart_msg_epoch(const cJSON *o);
+
 static void restart_gone(struct lwsi_agent *a)
 {
   a->rs.gone = true;
+  if (a->rs.leader_lost) {
+    restart_rejoin_go(a); /* no leader to tell: the new one forms the group */
+    return;
+  }
   restart_maybe_ready(a);
 }
 
@@ -2154,6 +2184,50 @@ static void restart_engine_gone(struct lwsi_agent *a)
                 (double)a->cfg->gpu_free_timeout_ms / 1000.0, (int)a->rs.old_engine);
 }
 
+/* The GPU check of the last launch is over (or, when the group failed
+ * while it ran, ends now): its handles close here, so that they are closed
+ * long before check_again reuses them (the relaunch waits for the backoff,
+ * at least RESTART_BACKOFF_MS, and a worker's relaunch follows its own
+ * restart_ready), and its deadline no longer counts. */
+static void check_end_for_restart(struct lwsi_agent *a)
+{
+  if (a->gpu_timer_on)
+    uv_timer_stop(&a->gpu_deadline);
+  if (a->gpu_on) {
+    lwsi_gpurun_close(&a->gpu);
+    a->gpu_on = false;
+  }
+}
+
+/* Before a relaunch the GPU check runs again, as before the first launch
+ * (contract, "Checks before launch"): a restart often follows a GPU fault
+ * (an Xid, a falling-off-the-bus), and an engine launched on a GPU that
+ * no longer works would fail again after its long load instead of the
+ * check naming the GPU within --gpu-check-timeout. Every member runs it;
+ * the leader, which starts its own right after its relaunch message,
+ * gathers the results again from nothing. */
+static void check_reset(struct lwsi_agent *a);
+
+static void check_again(struct lwsi_agent *a)
+{
+  check_reset(a);
+  lwsi_log_info("running the GPU check again before the relaunch under epoch %u", a->rs.epoch);
+  start_check(a);
+}
+
+/* Forgets the last run of the check: the next start_check runs it anew. */
+static void check_reset(struct lwsi_agent *a)
+{
+  memset(&a->gpu, 0, sizeof(a->gpu));
+  a->gpu_verdict_ok = false;
+  a->gpu_gone = false;
+  a->gpu_passed = 0;
+  a->gpu_model[0] = '\0';
+  a->gpu_model_rank = 0;
+  if (a->gpu_seen != NULL)
+    memset(a->gpu_seen, 0, a->cfg->size);
+}
+
 /* Enters `restarting`: the engine stops (SIGTERM, --grace, SIGKILL of its
  * process group), its health stops being polled. */
 static void restart_enter(struct lwsi_agent *a)
@@ -2167,6 +2241,7 @@ static void restart_enter(struct lwsi_agent *a)
     lwsi_upstream_close(&a->upstream);
     a->upstream_on = false;
     a->rs.old_engine = a->sup.child;
+    check_end_for_restart(a);
   }
   if (a->sup.child_running) {
     if (!a->sup.stopping) {
@@ -2281,6 +2356,17 @@ static uint32_t restart_recent(struct lwsi_agent *a, uint64_t now)
   return kept;
 }
 
+/* The line of a restart beyond the budget: why, and the count. */
+static void restart_spent(const struct lwsi_agent *a, char *buf, size_t len, const char *why,
+                          uint32_t recent)
+{
+  snprintf(buf, len,
+           "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
+           "--restart-window): giving up",
+           why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
+           a->cfg->max_restarts);
+}
+
 /* Leader: the group restarts because of rank's failure in epoch, or gives
  * up. lost: rank's agent is gone, and its replacement must join. */
 static void restart_failure(struct lwsi_agent *a, int64_t rank, uint32_t epoch, bool lost,
@@ -2312,11 +2398,7 @@ static void restart_failure(struct lwsi_agent *a, int64_t rank, uint32_t epoch, 
   uint32_t recent = restart_recent(a, now);
   if (recent >= a->cfg->max_restarts) {
     char full[1600];
-    snprintf(full, sizeof(full),
-             "%s; the group has restarted %u time%s within %.3g s (--max-restarts %u, "
-             "--restart-window): giving up",
-             why, recent, recent == 1 ? "" : "s", (double)a->cfg->restart_window_ms / 1000.0,
-             a->cfg->max_restarts);
+    restart_spent(a, full, sizeof(full), why, recent);
     restart_give_up(a, rank, full);
     return;
   }
@@ -2414,6 +2496,167 @@ static bool restart_stop_signal(struct lwsi_agent *a, int sig, const char *name)
   return true;
 }
 
+/* ---- a lost leader (worker; contract, "Membership") ----
+ *
+ * The leader's agent is lost after release: no one decides for the group
+ * any more, but a new leader agent (the kubelet's restarted container, a
+ * recreated pod at a new IP) can form it again. This member stops its
+ * engine as for any restart, goes back to joining (lwsi_rdzv_rejoin; the
+ * leader's name is resolved again every 2 s), and once its old engine is
+ * gone and the new group is released, reports its node check with the
+ * epoch it ran under; the new leader, which knows nothing of the old
+ * group, goes on under the largest such epoch + 1 and names it in its
+ * verdict (docs/protocol.md, "Epochs"). No new group within
+ * --rejoin-timeout ends this member as `exit` would (6). The restart
+ * counts against this member's own --max-restarts budget: the new leader
+ * starts its own count. */
+
+/* Worker: a restart of the group began now (the leader's `restart`, or
+ * the leader's loss): kept for the budget a lost leader is checked
+ * against. */
+static void restart_note(struct lwsi_agent *a)
+{
+  if (restart_timers(a) < 0)
+    return;
+  uint64_t now = uv_now(&a->loop);
+  restart_recent(a, now);
+  if (a->rs.nhistory > a->cfg->max_restarts) {
+    memmove(a->rs.history, a->rs.history + 1, (a->rs.nhistory - 1) * sizeof(*a->rs.history));
+    a->rs.nhistory--;
+  }
+  a->rs.history[a->rs.nhistory++] = now;
+}
+
+static void on_leader_rejoin_timeout(uv_timer_t *t)
+{
+  struct lwsi_agent *a = t->data;
+  char why[600];
+  snprintf(why, sizeof(why),
+           "the leader (rank 0) was lost and no new leader at '%s' formed the group within "
+           "%.3g s (--rejoin-timeout)",
+           a->cfg->leader, (double)a->cfg->rejoin_timeout_ms / 1000.0);
+  a->rs.rejoin_on = false;
+  restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+}
+
+static void restart_leader_lost(struct lwsi_agent *a, const char *why)
+{
+  int code = a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER;
+  /* The launch in phases (a service on the leader that the workers'
+   * services join) and preset mpi (the leader's COMMAND is the job) have
+   * no engine of their own on a worker to relaunch alone. */
+  if (launch_service(a) != NULL || a->cfg->preset == LWSI_PRESET_MPI) {
+    restart_exit(a, code, why);
+    return;
+  }
+  if (restart_timers(a) < 0) {
+    restart_exit(a, code, "cannot restart the group: out of memory");
+    return;
+  }
+  uint32_t recent = restart_recent(a, uv_now(&a->loop));
+  if (recent >= a->cfg->max_restarts) {
+    char full[1600];
+    restart_spent(a, full, sizeof(full), why, recent);
+    restart_exit(a, code, full);
+    return;
+  }
+  int rc = lwsi_rdzv_rejoin(&a->rdzv);
+  if (rc < 0) {
+    lwsi_log_debug("cannot join again: %s", strerror(-rc));
+    restart_exit(a, code, why);
+    return;
+  }
+  restart_note(a);
+  a->rs.restarts++;
+  a->rs.leader_lost = true;
+  a->rs.rejoined = false;
+  uv_timer_start(&a->rs.rejoin_timer, on_leader_rejoin_timeout, a->cfg->rejoin_timeout_ms, 0);
+  a->rs.rejoin_on = true;
+  if (a->reresolve_timer_on) {
+    /* The leader's name again, soon: a new pod has a new IP. */
+    if (a->reresolver_on && a->reresolver.state == LWSI_RESOLVER_DONE)
+      lwsi_resolver_close(&a->reresolver);
+    uv_timer_start(&a->reresolve_timer, on_reresolve_tick, 100, LWSI_RERESOLVE_MS);
+  }
+  lwsi_log_warn("%s; waiting up to %.3g s (--rejoin-timeout) for a new leader at '%s' "
+                "(--on-failure restart)",
+                why, (double)a->cfg->rejoin_timeout_ms / 1000.0, a->cfg->leader);
+  restart_enter(a);
+}
+
+/* Worker: the new group was released. Returns false when this release is
+ * a first one. */
+static bool restart_rejoined(struct lwsi_agent *a)
+{
+  if (a->cfg->rank == 0 || !a->rs.leader_lost)
+    return false;
+  if (a->rs.rejoin_on) {
+    uv_timer_stop(&a->rs.rejoin_timer);
+    a->rs.rejoin_on = false;
+  }
+  a->rs.rejoined = true;
+  lwsi_log_info("joined a new leader at %s; the group formed again", a->leader_ip);
+  restart_rejoin_go(a);
+  return true;
+}
+
+/* Worker: the old engine is gone and the new group released: the checks
+ * before launch, as after a first release; the verdict names the epoch. */
+static void restart_rejoin_go(struct lwsi_agent *a)
+{
+  if (!a->rs.leader_lost || !a->rs.rejoined || !a->rs.gone || a->done)
+    return;
+  a->rs.leader_lost = false;
+  a->rs.rejoined = false;
+  a->rs.active = false;
+  a->rs.gone = false;
+  a->rs.own_failed = false;
+  lwsi_supervisor_rearm(&a->sup);
+  check_reset(a);
+  a->node_verdict_ok = false;
+  a->launch_compared = false;
+  on_released(a);
+}
+
+/* Leader: a member reported its node check with the epoch it ran under
+ * (it lost its old leader): before this group launches, its epoch goes
+ * above every such one, so that no member launches twice in one epoch. */
+static void restart_epoch_seen(struct lwsi_agent *a, int64_t rank, const cJSON *o)
+{
+  int64_t e = restart_msg_epoch(o);
+  if (e < 0 || e >= UINT32_MAX || a->rs.launched >= 0 || a->node_verdict_ok ||
+      (int64_t)a->rs.epoch > e)
+    return;
+  a->rs.epoch = (uint32_t)e + 1;
+  lwsi_log_info("rank %lld ran under epoch %lld with a leader before this one: the group goes "
+                "on under epoch %u",
+                (long long)rank, (long long)e, a->rs.epoch);
+}
+
+/* Worker: the leader's verdict names the epoch to launch under. Returns
+ * false when this member cannot launch under it (it ran it already). */
+static bool restart_take_epoch(struct lwsi_agent *a, const cJSON *o)
+{
+  int64_t e = restart_msg_epoch(o);
+  if (e < 0)
+    return true;
+  if (a->rs.launched >= 0 && e <= a->rs.launched) {
+    char why[300];
+    snprintf(why, sizeof(why),
+             "the leader names epoch %lld, under which this member ran already (no member "
+             "launches twice in one epoch)",
+             (long long)e);
+    restart_exit(a, LWSI_EXIT_PEER, why);
+    return false;
+  }
+  if (e > (int64_t)a->rs.epoch) {
+    if (a->rs.launched >= 0)
+      lwsi_log_warn("the group goes on under epoch %lld", (long long)e);
+    a->rs.epoch = (uint32_t)e;
+  }
+  return true;
+}
+
 /* A member was lost after release. Returns true when the restart takes
  * it (it wins over --on-peer-loss). */
 static bool restart_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_event *ev,
@@ -2422,8 +2665,7 @@ static bool restart_member_lost(struct lwsi_agent *a, const struct lwsi_rdzv_eve
   if (!restart_policy(a))
     return false;
   if (ev->rank == 0 && !restart_decides(a)) {
-    /* The leader is gone: no one decides for the group any more. */
-    restart_exit(a, a->rs.own_failed ? a->rs.own_code : LWSI_EXIT_PEER, why);
+    restart_leader_lost(a, why);
     return true;
   }
   if (!restart_decides(a)) {
@@ -2522,6 +2764,7 @@ static bool restart_message(struct lwsi_agent *a, const struct lwsi_rdzv_event *
       lwsi_log_warn("the group restarts under epoch %lld", (long long)epoch);
       a->rs.epoch = (uint32_t)epoch;
       a->rs.restarts++;
+      restart_note(a);
       restart_enter(a);
       restart_maybe_ready(a);
     } else if (epoch == (int64_t)a->rs.epoch && a->rs.active) {
@@ -2543,6 +2786,10 @@ static void restart_relaunch(struct lwsi_agent *a)
   a->rs.gone = false;
   a->rs.own_failed = false;
   lwsi_supervisor_rearm(&a->sup);
+  if (a->cfg->gpu_check != LWSI_GPU_CHECK_NONE) {
+    check_again(a);
+    return;
+  }
   set_phase(a, LWSI_PHASE_CHECKING);
   launch(a);
 }

@@ -243,6 +243,16 @@ int lwsi_rdzv_set_leader(struct lwsi_rdzv *r, const char *ip)
   return 0;
 }
 
+int lwsi_rdzv_rejoin(struct lwsi_rdzv *r)
+{
+  if (r->leader || r->state == LWSI_RDZV_IDLE)
+    return -EINVAL;
+  if (r->state != LWSI_RDZV_RELEASED || r->slots[0].alive)
+    return -EALREADY;
+  lwsi__rdzv_worker_rejoin(r);
+  return 0;
+}
+
 /* ---- app messages ---- */
 
 int lwsi_rdzv_app_broadcast(struct lwsi_rdzv *r, const char *kind, const char *data)

@@ -241,6 +241,8 @@ int lwsi__rdzv_leader_app_to(struct lwsi_rdzv *r, uint32_t rank, const char *kin
 /* lwsi_rdzv_app_send, checked. */
 int lwsi__rdzv_worker_app(struct lwsi_rdzv *r, const char *kind, const char *data);
 /* lwsi_rdzv_set_leader, checked: ss is ip's address on the leader's port. */
+/* Worker: released, its leader lost: back to JOINING (lwsi_rdzv_rejoin). */
+void lwsi__rdzv_worker_rejoin(struct lwsi_rdzv *r);
 void lwsi__rdzv_worker_set_leader(struct lwsi_rdzv *r, const char *ip,
                                   const struct sockaddr_storage *ss);
 

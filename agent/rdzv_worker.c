@@ -84,7 +84,8 @@ static void worker_end(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, enum lwsi_
 }
 
 /* The leader went: before release we wait for it to come back (it may be
- * restarting); after release a worker never joins another incarnation. */
+ * restarting); after release it is lost, and a worker joins another
+ * incarnation only when its caller asks (lwsi_rdzv_rejoin). */
 static void worker_leader_gone(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c, const char *why)
 {
   lwsi__rdzv_conn_close(c);
@@ -658,6 +659,30 @@ void lwsi__rdzv_worker_set_leader(struct lwsi_rdzv *r, const char *ip,
   lwsi_text_copy(r->host, sizeof(r->host), ip);
   if (r->as_worker.conn == NULL || r->as_worker.conn->state != C_MEMBER)
     lwsi_text_copy(r->slots[0].addr, sizeof(r->slots[0].addr), ip);
+}
+
+void lwsi__rdzv_worker_rejoin(struct lwsi_rdzv *r)
+{
+  /* The old leader's connection went with its loss (worker_leader_gone);
+   * one still here would be a leader this worker no longer believes. */
+  if (r->as_worker.conn != NULL)
+    lwsi__rdzv_conn_close(r->as_worker.conn);
+  /* The table is the old group's: the new leader's release sends its own.
+   * This member's own row keeps its address. */
+  for (uint32_t i = 0; i < r->cfg.size; i++)
+    if (i != r->cfg.rank)
+      lwsi__rdzv_slot_reset(&r->slots[i]);
+  lwsi_text_copy(r->slots[0].addr, sizeof(r->slots[0].addr), r->host);
+  r->state = LWSI_RDZV_JOINING;
+  r->as_worker.njoined = 0;
+  r->as_worker.heard_missing = false;
+  r->missing[0] = '\0';
+  r->nmissing = 0;
+  r->attempts = 0;
+  r->as_worker.retry_delay = r->cfg.retry_min_ms;
+  lwsi_text_printf(r->as_worker.last_error, sizeof(r->as_worker.last_error),
+                   "lost the leader at %s after release; joining again", r->host);
+  worker_schedule_retry(r, 0);
 }
 
 int lwsi__rdzv_worker_app(struct lwsi_rdzv *r, const char *kind, const char *data)

@@ -149,6 +149,10 @@ struct lwsi_agent {
     bool gpu_free_on[2];
     unsigned gf;            /* the one in use */
     pid_t old_engine;       /* the old engine's process group, for the GPU wait */
+    /* Worker: the leader was lost after release and this member joins a
+     * new leader agent (agent.c, "a lost leader"); rejoined: the new
+     * group was released. */
+    bool leader_lost, rejoined;
   } rs;
 };
 

@@ -288,8 +288,21 @@ uint16_t lwsi_rdzv_port(const struct lwsi_rdzv *r);
  * on (the caller re-resolved the leader's name, e.g. after a DEPARTED or a
  * run of RETRYING: a recreated leader pod may have a new IP). Returns 0,
  * -EINVAL (not an IP literal, or this is the leader) or -EALREADY (released
- * or final: a released worker never joins another leader). */
+ * or final: a released worker joins another leader only through
+ * lwsi_rdzv_rejoin). */
 int lwsi_rdzv_set_leader(struct lwsi_rdzv *r, const char *ip);
+
+/* Worker, released, once its leader was lost (LOST for rank 0): goes back
+ * to JOINING, so that a new leader agent (a new incarnation, knowing
+ * nothing of the old group) can form the group again (protocol.md,
+ * "Rejoin"). The member table is forgotten, connection attempts start at
+ * once (lwsi_rdzv_set_leader moves them), and the events are those of a
+ * first join: JOINED, WAITING, RELEASED (or REFUSED, FAILED). The join
+ * carries the same nonce: this agent is the same incarnation. The
+ * rendezvous deadline is not armed again: the caller bounds the wait
+ * (--rejoin-timeout). Returns 0, -EINVAL (this is the leader, or not
+ * started) or -EALREADY (not released, or the leader is not lost). */
+int lwsi_rdzv_rejoin(struct lwsi_rdzv *r);
 
 /* After release: this agent's own state changed (its engine started or
  * ended, its health flipped), so the next heartbeat goes out at the next

@@ -10,11 +10,13 @@ code of --on-failure exit and no engine left running.
 """
 import json
 import os
+import re
 import signal
 import time
 
+import dnsfix
 import lwsitest as lt
-from test_group import Group
+from test_group import LEADER_NAME, Group
 from test_group_health import Health
 
 HB = 100
@@ -97,6 +99,13 @@ def crash(t, rank):
     pid = launches(t, rank)[-1][2]
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def agent_launches(g, rank):
+    """The epochs rank's agent says it started an engine under."""
+    return [int(m) for m in re.findall(r"started the engine '[^']*' as pid \d+ "
+                                       r"\(rank \d+ of \d+, epoch (\d+)\)",
+                                       g.agents[rank].stderr())]
 
 
 def check_once_per_epoch(t, size):
@@ -190,23 +199,137 @@ def t_budget(t):
     nothing_left(t, 2)
 
 
-def t_leader_killed_while_restarting(t):
-    """The leader's engine crashes and its agent is killed during
-    `restarting` (the backoff): the worker exits 6, its engine stopped,
-    nothing left running."""
-    g = group(t, 2)
-    wait_epoch(t, g, range(2), 0)
-    crash(t, 0)
-    lt.wait_for(lambda: status(g, 0).get("phase") == "restarting", 5, "the leader to restart")
+def kill_leader(t, g):
+    """SIGKILL to the leader's agent, and its engines with it (the pod's
+    other processes go with its container)."""
     g.agents[0].kill(signal.SIGKILL)
     for _, _, pid in launches(t, 0):
         try:
-            os.kill(pid, signal.SIGKILL)  # the pod's other processes go with it
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def t_leader_killed_while_restarting(t):
+    """The leader's engine crashes and its agent is killed during
+    `restarting` (the backoff), and no new leader comes within
+    --rejoin-timeout: the worker exits 6, its engine stopped, nothing left
+    running."""
+    g = group(t, 2, opts=["--rejoin-timeout", "2"])
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 0)
+    lt.wait_for(lambda: status(g, 0).get("phase") == "restarting", 5, "the leader to restart")
+    kill_leader(t, g)
     t.agent_rc(g.agents[1], 6, timeout=15)
     t.eq(len(launches(t, 1)), 1, "the worker launched nothing more")
     nothing_left(t, 2)
+
+
+def t_leader_replaced(t):
+    """The leader's agent is killed (SIGKILL, its engine with it) and a new
+    leader agent starts at rank 0 within --rejoin-timeout: every worker
+    stops its engine, joins the new leader, and the whole group relaunches
+    under epoch 1, which the new leader took from the workers (it knows
+    nothing of epoch 0); no engine twice in one epoch; then a worker's
+    crash restarts the new group under epoch 2 as usual."""
+    g = group(t, 3, opts=["--rejoin-timeout", "20"])
+    wait_epoch(t, g, range(3), 0)
+    old = [launches(t, r)[-1][2] for r in (1, 2)]
+    kill_leader(t, g)
+    for r in (1, 2):
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "restarting", 10,
+                    "rank %d to be restarting" % r)
+    for pid in old:
+        lt.wait_for(lambda pid=pid: not alive(pid), 10, "the workers' engines to stop")
+    t0 = lt.now()
+    start(t, g, 0)
+    wait_epoch(t, g, range(3), 1, timeout=20)
+    t.note("relaunched %.2f s after the new leader started" % (lt.now() - t0))
+    for r in range(3):
+        t.ok(g.agents[r].running(), "rank %d's agent is up" % r)
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "running", 5,
+                    "rank %d to be running" % r)
+        t.eq(status(g, r).get("epoch"), 1, "rank %d's /status epoch" % r)
+    t.ok("goes on under epoch 1" in g.agents[0].stderr(), "the new leader says where the "
+         "epoch comes from")
+    for r in (1, 2):
+        t.ok("waiting up to 20 s (--rejoin-timeout) for a new leader" in g.agents[r].stderr(),
+             "rank %d says it waits for a new leader" % r)
+    check_once_per_epoch(t, 3)
+    crash(t, 2)
+    wait_epoch(t, g, range(3), 2, timeout=20)
+    check_once_per_epoch(t, 3)
+
+
+def t_leader_not_replaced(t):
+    """The leader's agent is killed and no new leader comes within
+    --rejoin-timeout 2: the workers stop their engines and exit 6 after
+    it, saying why; nothing left running."""
+    g = group(t, 3, opts=["--rejoin-timeout", "2"])
+    wait_epoch(t, g, range(3), 0)
+    kill_leader(t, g)
+    t0 = lt.now()
+    for r in (1, 2):
+        t.agent_rc(g.agents[r], 6, timeout=15)
+    took = lt.now() - t0
+    t.le(1.5, took, 2.0 + 4.0 * lt.SCALE, "the workers gave up %.2f s after the loss "
+         "(--rejoin-timeout 2)" % took)
+    for r in (1, 2):
+        t.ok("no new leader" in g.agents[r].stderr() and "--rejoin-timeout" in
+             g.agents[r].stderr(), "rank %d says why" % r)
+        t.eq(len(launches(t, r)), 1, "rank %d launched nothing more" % r)
+    # The killed leader's engine is the test's to reap (its agent is gone).
+    for r in (1, 2):
+        pid = launches(t, r)[0][2]
+        lt.wait_for(lambda pid=pid: not alive(pid), 10, "rank %d's engine to be gone" % r)
+
+
+def t_leader_lost_budget(t):
+    """--max-restarts 1: a worker's crash spends the budget, so the
+    leader's loss after it ends the group at once: the worker exits 6
+    without waiting for a new leader, saying why."""
+    g = group(t, 2, opts=["--max-restarts", "1", "--rejoin-timeout", "20"])
+    wait_epoch(t, g, range(2), 0)
+    crash(t, 1)
+    wait_epoch(t, g, range(2), 1)
+    kill_leader(t, g)
+    t0 = lt.now()
+    t.agent_rc(g.agents[1], 6, timeout=10)
+    t.le(0, lt.now() - t0, 3.0 * lt.SCALE, "the worker gave up at once, not after "
+         "--rejoin-timeout")
+    err = g.agents[1].stderr()
+    t.ok("--max-restarts 1" in err and "giving up" in err, "the worker says why")
+    pid = launches(t, 1)[-1][2]
+    lt.wait_for(lambda: not alive(pid), 10, "rank 1's engine to be gone")
+
+
+def t_leader_moved(t):
+    """The leader's pod is recreated at a new IP: its DNS record moves, a
+    new leader agent starts, and the workers, resolving the name again,
+    join it there; the group relaunches under epoch 1."""
+    with dnsfix.Dns() as dns:
+        g = Group(t, 2, dns=dns, opts=FAST + ["--rejoin-timeout", "20"])
+        dns.add(LEADER_NAME, g.ip(0))
+        for r in range(2):
+            g.start(r, opts=["--upstream", "none"], engine=engine(t),
+                    env={"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r)})
+        wait_epoch(t, g, range(2), 0)
+        kill_leader(t, g)
+        lt.wait_for(lambda: status(g, 1).get("phase") == "restarting", 10,
+                    "rank 1 to be restarting")
+        moved = g.ip(5)
+        dns.add(LEADER_NAME, moved)
+        # The new leader listens on every address, the old one too: it
+        # starts once the worker has moved, so that the join proves where
+        # the worker went.
+        lt.wait_for(lambda: "now resolves to %s" % moved in g.agents[1].stderr(), 10,
+                    "the worker to resolve the leader's name again")
+        g.start(0, opts=["--upstream", "none"], engine=engine(t),
+                env={"LWSINIT_TERMINATION_LOG": t.path("termlog-0")})
+        wait_epoch(t, g, range(2), 1, timeout=20)
+        t.ok("joined the leader at %s:" % moved in g.agents[1].stderr(),
+             "the worker joined the new leader at %s" % moved)
+        check_once_per_epoch(t, 2)
 
 
 def t_lost_member_not_replaced(t):
@@ -273,6 +396,112 @@ def t_gpu_wait(t):
     check_once_per_epoch(t, 2)
 
 
+def gpu_check_group(t, size, opts=()):
+    """A group with --gpu-check cuda on the fake GPUs, its check program
+    behind a wrapper that appends "RANK MODE UPTIME" to checks for every
+    run (the GPU wait, gpu-free, runs the same program)."""
+    wrapper = t.path("gpucheck-wrapper")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\necho "$LWSINIT_T_RANK $1 $(cut -d" " -f1 /proc/uptime)" >> "%s"\n'
+                'exec "%s" "$@"\n' % (t.path("checks"), GPUCHECK))
+    os.chmod(wrapper, 0o755)
+    g = Group(t, size, opts=FAST + ["--gpus", "2", "--gpu-check", "cuda", "--gpu-check-bytes",
+                                    "65536", "--gpu-check-timeout", "8"] + list(opts))
+    for r in range(size):
+        gpu_check_start(t, g, r)
+    return g
+
+
+def gpu_check_start(t, g, r):
+    env = gpu_env(t, r)
+    env.update({"LWSINIT_TERMINATION_LOG": t.path("termlog-%d" % r),
+                "LWSINIT_GPUCHECK": t.path("gpucheck-wrapper"), "LWSINIT_CUDART": FAKEGPU,
+                "LWSINIT_NCCL": FAKEGPU, "LWSINIT_NODE_CHECK": "warn",
+                "LWSINIT_T_RANK": str(r)})
+    return g.start(r, leader="127.0.0.1", opts=["--upstream", "none"], engine=engine(t),
+                   env=env)
+
+
+def checks(t, rank):
+    """The uptimes of rank's GPU check runs (not its GPU waits)."""
+    try:
+        with open(t.path("checks")) as f:
+            rows = [line.split() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+    return [float(u) for r, mode, u in rows if r == str(rank) and mode == "cuda"]
+
+
+def launch_times(t, rank):
+    with open(t.path("launch-%d" % rank)) as f:
+        return [float(line.split()[3]) for line in f if line.strip()]
+
+
+def t_gpu_check_again(t):
+    """--gpu-check cuda: the check runs once on each member before the
+    first launch, and again on each member after a crash, after the crash
+    and before that member's relaunch under epoch 1; one check a launch."""
+    g = gpu_check_group(t, 2)
+    wait_epoch(t, g, range(2), 0)
+    for r in range(2):
+        t.eq(len(checks(t, r)), 1, "rank %d checked its GPUs once before the first launch" % r)
+    crashed = uptime()
+    crash(t, 1)
+    wait_epoch(t, g, range(2), 1)
+    for r in range(2):
+        cs, ls = checks(t, r), launch_times(t, r)
+        t.eq(len(cs), 2, "rank %d checked its GPUs again for the relaunch" % r)
+        t.ok(cs[1] >= crashed - 0.02 and cs[1] <= ls[1],
+             "rank %d: the second check (%.2f) came after the crash (%.2f) and before the "
+             "relaunch (%.2f)" % (r, cs[1], crashed, ls[1]))
+        lt.wait_for(lambda r=r: status(g, r).get("phase") == "running", 5,
+                    "rank %d to be running" % r)
+    t.ok("running the GPU check again" in g.agents[0].stderr(), "the leader says so")
+    check_once_per_epoch(t, 2)
+
+
+def t_gpu_check_new_leader(t):
+    """--gpu-check cuda and the leader's agent replaced: the group formed
+    around the new leader checks its GPUs again (the workers a second
+    time, the new leader its first) before it launches under epoch 1."""
+    g = gpu_check_group(t, 2, opts=["--rejoin-timeout", "20"])
+    wait_epoch(t, g, range(2), 0)
+    g.agents[0].kill(signal.SIGKILL)
+    os.kill(launches(t, 0)[-1][2], signal.SIGKILL)
+    lt.wait_for(lambda: status(g, 1).get("phase") == "restarting", 10, "rank 1 to restart")
+    gpu_check_start(t, g, 0)
+    wait_epoch(t, g, range(2), 1)
+    t.eq(len(checks(t, 0)), 2, "rank 0 (both leaders) checked its GPUs twice in all")
+    cs, ls = checks(t, 1), launch_times(t, 1)
+    t.ok(len(cs) == 2 and ls[0] <= cs[1] <= ls[1], "rank 1 checked again before its relaunch "
+         "(%r, launches %r)" % (cs, ls))
+    check_once_per_epoch(t, 2)
+
+
+def t_gpu_check_again_fails(t):
+    """The check run again fails on a member (the fake library loses a
+    GPU: FAKEGPU_DEVICES=1 from the relaunch on): the group ends as a
+    failed check ends it before the first launch (exit 5 on both), nobody
+    launches under epoch 1, nothing left running."""
+    g = gpu_check_group(t, 2)
+    wait_epoch(t, g, range(2), 0)
+    # Rank 1's check sees one GPU of its two from now on.
+    wrapper = t.path("gpucheck-wrapper")
+    with open(wrapper + ".new", "w") as f:
+        f.write('#!/bin/sh\necho "$LWSINIT_T_RANK $1 $(cut -d" " -f1 /proc/uptime)" >> "%s"\n'
+                '[ "$LWSINIT_T_RANK" = 1 ] && [ "$1" = cuda ] && export FAKEGPU_DEVICES=1\n'
+                'exec "%s" "$@"\n' % (t.path("checks"), GPUCHECK))
+    os.chmod(wrapper + ".new", 0o755)
+    os.rename(wrapper + ".new", wrapper)
+    crash(t, 0)
+    t.agent_rc(g.agents[1], 5, timeout=30)
+    t.agent_rc(g.agents[0], 5, timeout=30)
+    t.ok("GPU check failed on rank 1" in g.agents[0].stderr(), "the leader names rank 1")
+    for r in range(2):
+        t.eq([e for e, _, _ in launches(t, r)], [0], "rank %d launched nothing more" % r)
+    nothing_left(t, 2)
+
+
 def t_gpu_never_free(t):
     """A member whose GPUs never free up (--gpu-free-timeout 1): the group
     ends as with exit: that member exits with its engine's status, the
@@ -295,8 +524,9 @@ def t_gpu_never_free(t):
 # its stop for a restart takes --grace and the test can crash it meanwhile.
 # Where LWSI_T_CRASH_FROM says so, it exits 3 at once from that epoch on
 # (an engine that cannot start any more: a crash loop).
-ENGINE_STUBBORN = ('D=$0; echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
-                   '>> "$D/launch-$LWSINIT_RANK"; '
+ENGINE_STUBBORN = ('D=$0; trap "T=1" TERM; '
+                   'echo "$LWSINIT_EPOCH $1 $$ $(cut -d" " -f1 /proc/uptime)" '
+                   '>> "$D/launch-$LWSINIT_RANK"; trap - TERM; [ -z "$T" ] || kill -TERM $$; '
                    '[ -n "$LWSI_T_CRASH_FROM" ] && [ "$LWSINIT_EPOCH" -ge "$LWSI_T_CRASH_FROM" ] '
                    '&& exit 3; '
                    '[ -n "$LWSI_T_IGNORE_TERM" ] && trap "" TERM; exec sleep 600')
@@ -372,7 +602,13 @@ def t_crash_loop(t):
     t.le(3.0, took, 3.0 + 5.0 * lt.SCALE, "gave up %.1f s after the first crash (1 s, then "
          "2 s of backoff)" % took)
     for r in range(3):
-        t.eq([e for e, _, _ in launches(t, r)], [0, 1, 2], "rank %d's launches" % r)
+        # The agent's own word: an engine stopped for the next restart
+        # before its shell wrote a line (the crash comes at once, and a
+        # busy machine may not have run the shell yet) was still launched.
+        t.eq(agent_launches(g, r), [0, 1, 2], "rank %d's launches" % r)
+        t.ok(set(e for e, _, _ in launches(t, r)) <= {0, 1, 2} and
+             launches(t, r)[0][0] == 0 and launches(t, r)[-1][0] == 2,
+             "rank %d's engines recorded epochs %r" % (r, launches(t, r)))
     err = g.agents[0].stderr()
     t.ok("--max-restarts 2" in err and "giving up" in err, "the leader says why")
     check_once_per_epoch(t, 3)
@@ -392,13 +628,24 @@ def t_leader_crash_while_restarting(t):
 lt.main([
     ("--gpus: the restart waits for the GPUs to be free", t_gpu_wait),
     ("GPUs never free (--gpu-free-timeout): exit as with exit", t_gpu_never_free),
+    ("--gpu-check: the check runs again before the relaunch", t_gpu_check_again),
+    ("--gpu-check: a check that fails before the relaunch ends the group",
+     t_gpu_check_again_fails),
+    ("--gpu-check: the group formed around a new leader checks again", t_gpu_check_new_leader),
     ("a worker's engine crash: the group relaunches under epoch 1", t_worker_crash_restarts),
     ("the leader's engine crash: the same", t_leader_crash_restarts),
     ("a hung engine (--hang-timeout): the group restarts", t_hang_restarts),
     ("--max-restarts 1 and two crashes: exit as with exit", t_budget),
-    ("the leader killed while restarting: the worker exits 6", t_leader_killed_while_restarting),
+    ("the leader killed while restarting, not replaced: the worker exits 6",
+     t_leader_killed_while_restarting),
     ("a lost member not replaced in --rejoin-timeout: exit 6", t_lost_member_not_replaced),
     ("a killed worker agent replaced at its rank: the group restarts", t_worker_replaced),
+    ("the leader's agent replaced at rank 0: the group relaunches under epoch 1",
+     t_leader_replaced),
+    ("no new leader within --rejoin-timeout: the workers exit 6", t_leader_not_replaced),
+    ("the leader's record moves to a new IP: the workers join it there", t_leader_moved),
+    ("the budget spent, then the leader lost: the worker exits 6 at once",
+     t_leader_lost_budget),
     ("a worker's engine crashing while restarting: one restart, then the budget",
      t_crash_while_restarting),
     ("the leader's engine crashing while restarting: the same",

@@ -1060,6 +1060,77 @@ static void test_leader_restart(void)
   teardown(a, 4, what);
 }
 
+/* A released group loses its leader; the workers, asked to rejoin, join a
+ * new leader agent (a new incarnation, on another address the caller moves
+ * them to) and the group forms again around it, with app messages flowing
+ * in the new group. Before the loss, a rejoin is refused. */
+static void test_rejoin_new_leader(void)
+{
+  const char *what = "rejoin a new leader after release";
+  setup();
+  struct agent a[4]; /* 0: the first leader, 3: the new one */
+  struct lwsi_rdzv_config c;
+  config(&c, 3, 0, 0);
+  c.host = "127.0.0.5";
+  start(&a[0], &c);
+  uint16_t port = lwsi_rdzv_port(&a[0].r);
+  for (uint32_t i = 1; i < 3; i++) {
+    config(&c, 3, i, port);
+    c.host = "127.0.0.5";
+    start(&a[i], &c);
+  }
+  TAP_OK(WAIT_UNTIL(all_count(a, 3, LWSI_RDZV_EV_RELEASED, 1), 3000), "%s: the group forms",
+         what);
+  TAP_OK(lwsi_rdzv_rejoin(&a[1].r) == -EALREADY && lwsi_rdzv_rejoin(&a[0].r) == -EINVAL,
+         "%s: no rejoin while the leader lives, none on the leader", what);
+  char worker_nonce[40];
+  snprintf(worker_nonce, sizeof(worker_nonce), "%s", a[1].r.nonce_hex);
+  lwsi_rdzv_close(&a[0].r);
+  a[0].started = false;
+  TAP_OK(WAIT_UNTIL(a[1].count[LWSI_RDZV_EV_LOST] == 1 && a[2].count[LWSI_RDZV_EV_LOST] == 1, 2000) &&
+             a[1].last_rank[LWSI_RDZV_EV_LOST] == 0,
+         "%s: both workers lose the leader: '%s'", what, a[1].last[LWSI_RDZV_EV_LOST]);
+  TAP_OK(lwsi_rdzv_set_leader(&a[1].r, "127.0.0.6") == -EALREADY,
+         "%s: a released worker does not move by itself", what);
+  for (uint32_t i = 1; i < 3; i++)
+    TAP_OK(lwsi_rdzv_rejoin(&a[i].r) == 0 && a[i].r.state == LWSI_RDZV_JOINING,
+           "%s: rank %u goes back to joining", what, i);
+  struct lwsi_rdzv_member m;
+  TAP_OK(lwsi_rdzv_member(&a[1].r, 2, &m) == 0 && !m.joined && !m.alive,
+         "%s: the old member table is forgotten", what);
+  TAP_OK(WAIT_UNTIL(a[1].count[LWSI_RDZV_EV_RETRYING] >= 1, 2000),
+         "%s: it knocks at the old address: '%s'", what, a[1].last[LWSI_RDZV_EV_RETRYING]);
+  TAP_OK(lwsi_rdzv_rejoin(&a[1].r) == -EALREADY, "%s: a second rejoin is refused", what);
+  /* The new leader pod: another address, the same port. */
+  config(&c, 3, 0, port);
+  c.host = "127.0.0.6";
+  TAP_OK(start(&a[3], &c) == 0, "%s: a new leader agent starts at a new address", what);
+  for (uint32_t i = 1; i < 3; i++)
+    TAP_OK(lwsi_rdzv_set_leader(&a[i].r, "127.0.0.6") == 0, "%s: rank %u moves there", what,
+           i);
+  TAP_OK(WAIT_UNTIL(a[3].count[LWSI_RDZV_EV_RELEASED] == 1 &&
+                        a[1].count[LWSI_RDZV_EV_RELEASED] == 2 &&
+                        a[2].count[LWSI_RDZV_EV_RELEASED] == 2,
+                    3000),
+         "%s: the group forms again around the new leader", what);
+  TAP_OK(a[1].count[LWSI_RDZV_EV_JOINED] == 2 && strcmp(worker_nonce, a[1].r.nonce_hex) == 0,
+         "%s: rank 1 joined twice, as the same incarnation", what);
+  TAP_OK(lwsi_rdzv_member(&a[1].r, 0, &m) == 0 && m.alive && strcmp(m.addr, "127.0.0.6") == 0 &&
+             lwsi_rdzv_member(&a[1].r, 2, &m) == 0 && m.alive,
+         "%s: the worker's table is the new group's (the leader at 127.0.0.6)", what);
+  TAP_OK(lwsi_rdzv_app_send(&a[2].r, "probe", "{\"epoch\":3}") == 0 &&
+             WAIT_UNTIL(a[3].napp == 1, 2000) && strcmp(a[3].app_kind[0], "probe") == 0 &&
+             a[3].app_rank[0] == 2,
+         "%s: the new leader hears rank 2's app message", what);
+  TAP_OK(lwsi_rdzv_app_broadcast(&a[3].r, "verdict", "{}") == 0 &&
+             WAIT_UNTIL(a[1].napp == 1 && a[2].napp == 1, 2000),
+         "%s: and the workers hear its broadcast", what);
+  pause_ms(200); /* several heartbeat periods: nobody is lost in the new group */
+  TAP_OK(a[1].count[LWSI_RDZV_EV_LOST] == 1 && a[3].count[LWSI_RDZV_EV_LOST] == 0,
+         "%s: the new group holds", what);
+  teardown(a, 4, what);
+}
+
 /* The caller re-resolved the leader: the next attempt goes to the new IP. */
 static void test_set_leader(void)
 {
@@ -1729,6 +1800,7 @@ int main(void)
   test_retry_policy();
   test_leader_restart();
   test_set_leader();
+  test_rejoin_new_leader();
   test_deadlines();
   test_idle_ticks();
   test_beat_soon();
