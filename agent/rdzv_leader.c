@@ -497,6 +497,27 @@ static void leader_rejoin(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
                   "rank %u reconnected before it heard the release; released it again", j->rank);
 }
 
+/* Seats a joined member in its rank's slot: what it said of itself in its
+ * join, for the group checks, the launch check and the member table. */
+static void leader_take_slot(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
+                             const struct lwsi_msg_join *j)
+{
+  struct lwsi_rdzv_slot *s = &r->slots[j->rank];
+  lwsi__rdzv_slot_reset(s);
+  leader_seat(r, c, j);
+  s->joined = true;
+  s->alive = true;
+  lwsi_text_copy(s->pod, sizeof(s->pod), j->pod);
+  memcpy(s->nonce, j->nonce, sizeof(s->nonce));
+  lwsi_text_copy(s->preset, sizeof(s->preset), j->preset);
+  s->dist_port = j->dist_port;
+  s->gpus = j->gpus;
+  if (lwsi_launchck_copy(&s->cmd, j->cmd_total, j->ncmd, j->cmd, j->digest) < 0) {
+    /* Compared as an empty command: reported, never silently passed. */
+    s->cmd.total = j->cmd_total;
+  }
+}
+
 /* After release, with replacements admitted (the agent's --on-failure
  * restart), a new incarnation takes the seat of a member already reported
  * lost: a container restarted by the kubelet, or a pod recreated alone. It
@@ -509,15 +530,7 @@ static void leader_replace(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
   struct lwsi_rdzv_slot *s = &r->slots[j->rank];
   if (s->conn != NULL)
     lwsi__rdzv_conn_close(s->conn);
-  lwsi__rdzv_slot_reset(s);
-  leader_seat(r, c, j);
-  s->joined = true;
-  s->alive = true;
-  lwsi_text_copy(s->pod, sizeof(s->pod), j->pod);
-  memcpy(s->nonce, j->nonce, sizeof(s->nonce));
-  lwsi_text_copy(s->preset, sizeof(s->preset), j->preset);
-  s->dist_port = j->dist_port;
-  s->gpus = j->gpus;
+  leader_take_slot(r, c, j);
   leader_send_welcome(r, c, j);
   leader_send_release(r, c, "cannot send the member table");
   lwsi__rdzv_emit(r, LWSI_RDZV_EV_JOINED, j->rank, c->addr, j->pod, 0,
@@ -603,19 +616,7 @@ static void leader_join(struct lwsi_rdzv *r, struct lwsi_rdzv_conn *c,
       return;
   }
   /* Joined. */
-  lwsi__rdzv_slot_reset(s);
-  leader_seat(r, c, j);
-  s->joined = true;
-  s->alive = true;
-  lwsi_text_copy(s->pod, sizeof(s->pod), j->pod);
-  memcpy(s->nonce, j->nonce, sizeof(s->nonce));
-  lwsi_text_copy(s->preset, sizeof(s->preset), j->preset);
-  s->dist_port = j->dist_port;
-  if (lwsi_launchck_copy(&s->cmd, j->cmd_total, j->ncmd, j->cmd, j->digest) < 0) {
-    /* Compared as an empty command: reported, never silently passed. */
-    s->cmd.total = j->cmd_total;
-  }
-  s->gpus = j->gpus;
+  leader_take_slot(r, c, j);
   r->as_leader.njoined++;
   if (r->leader_addr[0] == '\0') {
     /* The leader learns its own address from the way workers reach it. */
