@@ -25,7 +25,7 @@ built binaries), LWSI_SANITIZE (the build's b_sanitize). LWSITEST_KEEP=1
 keeps the temporary folders; LWSITEST_SCALE multiplies every deadline.
 """
 import ctypes
-import errno
+import http.server
 import os
 import random
 import shutil
@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
@@ -724,3 +725,39 @@ def main(tests):
     print("1..%d" % n)
     _diag("%d test(s), %d failed, %.1fs" % (n, failed, now() - t_all))
     sys.exit(1 if failed else 0)
+
+
+class HealthServer:
+    """An engine's health URL under the test's control: mode "ok" (200),
+    "fail" (503) or "hang" (accepts, never answers)."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.released = threading.Event()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if outer.mode == "hang":
+                    outer.released.wait(30)
+                    return
+                self.send_response(200 if outer.mode == "ok" else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        http.server.ThreadingHTTPServer.request_queue_size = 64
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def url(self):
+        return "http://127.0.0.1:%d/health" % self.port
+
+    def close(self):
+        self.released.set()
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -11,15 +11,14 @@ whose socket the kernel still accepts on). The engine itself is testchild
 recording its signals with CLOCK_MONOTONIC timestamps, the clock the test
 reads too.
 """
-import http.server
 import json
-import os
 import signal
-import threading
 import time
 
 import lwsitest as lt
 from test_group import Group
+
+Health = lt.HealthServer
 
 HB = 100  # ms: heartbeats and upstream polls, so that timings stay short
 FAST = ["--heartbeat", str(HB), "--peer-timeout", str(int(3000 * lt.SCALE)),
@@ -29,42 +28,6 @@ FAST = ["--heartbeat", str(HB), "--peer-timeout", str(int(3000 * lt.SCALE)),
 # engine is visibly still running while the workers wait for it.
 ENGINE = ('T=$0; D=$1; shift; exec "$T" signals "$D/sig-$LWSINIT_RANK" --exit-code 143 '
           '--delay-ms 300')
-
-
-class Health:
-    """An engine's health URL under the test's control: mode "ok" (200),
-    "fail" (503) or "hang" (accepts, never answers)."""
-
-    def __init__(self):
-        self.mode = "ok"
-        self.released = threading.Event()
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if outer.mode == "hang":
-                    outer.released.wait(30)
-                    return
-                self.send_response(200 if outer.mode == "ok" else 503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        http.server.ThreadingHTTPServer.request_queue_size = 64
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def url(self):
-        return "http://127.0.0.1:%d/health" % self.port
-
-    def close(self):
-        self.released.set()
-        self.srv.shutdown()
-        self.srv.server_close()
 
 
 def group(t, size, opts=(), healths=None):

@@ -4,7 +4,6 @@ in its own network namespace, probes that stay fast with the engine hung,
 the exec probe, and the status socket's owner check."""
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request

@@ -7,7 +7,6 @@ import errno
 import os
 import shutil
 import signal
-import stat
 import subprocess
 
 import lwsitest as lt

@@ -14,7 +14,6 @@ port is the same fixed port, as the preset gives it.
 import json
 import os
 import signal
-import subprocess
 
 import lwsitest as lt
 import netfix

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import time
 
 import dnsfix
 import lwsitest as lt

@@ -7,12 +7,13 @@ the benchmark (or of anything running beside it) cannot take it before the
 agent told to listen on it does.
 """
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "acceptance"))
 from lwsitest import free_port  # noqa: E402
 
-__all__ = ["children_of", "cpu_jiffies", "free_port", "stat_fields", "write_section"]
+__all__ = ["build_c", "children_of", "cpu_jiffies", "free_port", "stat_fields", "write_section"]
 
 
 def stat_fields(pid):
@@ -68,3 +69,19 @@ def write_section(doc, begin, end, section):
     with open(tmp, "w") as f:
         f.write(txt)
     os.replace(tmp, doc)
+
+
+def build_c(root, name, source):
+    """Compiles a helper program from its source text into root/name:
+    static where the machine has a static libc (its start then costs no
+    dynamic loading, which would blur what the benchmarks measure), else
+    dynamic. Returns the executable's path."""
+    src = os.path.join(root, name + ".c")
+    exe = os.path.join(root, name)
+    with open(src, "w") as f:
+        f.write(source)
+    cc = os.environ.get("CC", "cc")
+    r = subprocess.run([cc, "-O2", "-static", "-o", exe, src], capture_output=True, text=True)
+    if r.returncode != 0:
+        subprocess.run([cc, "-O2", "-o", exe, src], check=True)
+    return exe

@@ -22,51 +22,24 @@ Usage (from the repository root):
 """
 import argparse
 import datetime
-import http.server
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
+
+from benchlib import free_port, write_section
+from lwsitest import HealthServer
 
 HB_MS = 100
 INTERVAL_MS = 100
 SIZE = 4
 BEGIN = "<!-- group-health-bench:begin -->"
 END = "<!-- group-health-bench:end -->"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Health:
-    def __init__(self):
-        self.code = 200
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(outer.code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        http.server.ThreadingHTTPServer.request_queue_size = 64
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.url = "http://127.0.0.1:%d/health" % self.srv.server_address[1]
 
 
 def readyz(port):
@@ -103,7 +76,7 @@ def main():
     if not os.access(lwsinit, os.X_OK):
         lwsinit = shutil.which("lwsinit") or sys.exit("no lwsinit in %s" % args.build_dir)
     tmp = tempfile.mkdtemp(prefix="lwsi-ghb-")
-    healths = [Health() for _ in range(SIZE)]
+    healths = [HealthServer() for _ in range(SIZE)]
     rdzv = free_port()
     probes = [free_port() for _ in range(SIZE)]
     env = {k: v for k, v in os.environ.items()
@@ -114,7 +87,7 @@ def main():
             argv = [lwsinit, "--leader", "127.0.0.1", "--size", str(SIZE), "--rank", str(r),
                     "--rdzv-port", str(rdzv), "--probe-addr", "127.0.0.1:%d" % probes[r],
                     "--status-socket", os.path.join(tmp, "s%d.sock" % r),
-                    "--heartbeat", str(HB_MS), "--upstream", healths[r].url,
+                    "--heartbeat", str(HB_MS), "--upstream", healths[r].url(),
                     "--upstream-interval", str(INTERVAL_MS), "--upstream-timeout", "500",
                     "--termination-log", os.path.join(tmp, "t%d" % r),
                     "--", "sleep", "1000"]
@@ -126,10 +99,10 @@ def main():
             victim = 1 + i % (SIZE - 1)
             time.sleep(0.15)  # a random phase against the poll and heartbeat ticks
             t0 = time.monotonic()
-            healths[victim].code = 503
+            healths[victim].mode = "fail"
             wait(lambda: readyz(probes[0]) != 200, 5, "the leader to turn unready")
             took.append((time.monotonic() - t0) * 1e3)
-            healths[victim].code = 200
+            healths[victim].mode = "ok"
             wait(lambda: readyz(probes[0]) == 200, 5, "the leader to be ready again")
     finally:
         for p in procs:
@@ -144,7 +117,6 @@ def main():
     p50, p99, worst = pct(took, 50), pct(took, 99), max(took)
     verdict = "within" if p99 <= bound else "OVER"
     text = "\n".join([
-        BEGIN,
         "### The leader's /readyz after a worker's upstream fails",
         "",
         "`tests/bench/group_health_bench.py`, %s, %s, %d CPUs: a group of %d on "
@@ -157,21 +129,13 @@ def main():
         "| p50 | p99 | max | bound (heartbeat + interval + 50 ms) |",
         "| --- | --- | --- | --- |",
         "| %.0f ms | %.0f ms | %.0f ms | %d ms: p99 %s |" % (p50, p99, worst, bound, verdict),
-        END,
-    ])
+    ]) + "\n"
     print(text)
     if args.no_write:
         return
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
                         "benchmarks.md")
-    doc = open(path).read()
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    with open(path, "w") as f:
-        f.write(doc)
-
+    write_section(path, BEGIN, END, text)
 
 if __name__ == "__main__":
     main()

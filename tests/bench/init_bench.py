@@ -32,7 +32,6 @@ import hashlib
 import os
 import platform
 import re
-import select
 import shutil
 import signal
 import statistics

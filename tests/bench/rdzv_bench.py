@@ -84,7 +84,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import children_of, cpu_jiffies, free_port, write_section
+from benchlib import build_c, children_of, cpu_jiffies, free_port, write_section
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -686,15 +686,7 @@ class TorchSide:
 
 
 def build_stamp(root):
-    src = os.path.join(root, "stamp.c")
-    exe = os.path.join(root, "stamp")
-    with open(src, "w") as f:
-        f.write(STAMP_C)
-    cc = os.environ.get("CC", "cc")
-    r = subprocess.run([cc, "-O2", "-static", "-o", exe, src], capture_output=True, text=True)
-    if r.returncode != 0:       # no static libc: a dynamic one will do
-        subprocess.run([cc, "-O2", "-o", exe, src], check=True)
-    return exe
+    return build_c(root, "stamp", STAMP_C)
 
 
 def build_lwsinit():

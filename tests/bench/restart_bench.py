@@ -51,7 +51,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import children_of, free_port, write_section  # noqa: E402
+from benchlib import build_c, children_of, free_port, write_section  # noqa: E402
 from rdzv_bench import (LwsGroup, build_lwsinit, probe_ip, run_context, spawn,  # noqa: E402
                         wait_for)
 
@@ -121,15 +121,7 @@ int main(int argc, char **argv)
 
 
 def build_stamp(root):
-    src = os.path.join(root, "rstamp.c")
-    exe = os.path.join(root, "rstamp")
-    with open(src, "w") as f:
-        f.write(STAMP_C)
-    cc = os.environ.get("CC", "cc")
-    r = subprocess.run([cc, "-O2", "-static", "-o", exe, src], capture_output=True, text=True)
-    if r.returncode != 0:
-        subprocess.run([cc, "-O2", "-o", exe, src], check=True)
-    return exe
+    return build_c(root, "rstamp", STAMP_C)
 
 
 def stamp_of(path):

@@ -59,7 +59,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 try:
     import yaml
